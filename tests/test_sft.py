@@ -1,0 +1,214 @@
+"""Supervised warm-up: batching, the schedule, evaluation on hand-made cases, a tiny full run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tppo.sft import (
+    IGNORE_INDEX,
+    SFTConfig,
+    build_parser,
+    config_to_argv,
+    evaluate_accuracy,
+    learning_rate,
+    length_bucket,
+    length_grouped_batches,
+    main,
+)
+from tppo.tasks import get_task
+from tppo.tasks.char_tokenizer import build_char_tokenizer
+from tppo.tasks.collatz import ALPHABET
+from tppo.tasks.tiny_model import build_tiny_qwen2
+
+
+class ScriptedModel(torch.nn.Module):
+    """Answers each prompt with a fixed token list; checks that prompts come left-padded."""
+
+    def __init__(self, tokenizer, script: dict[str, list[int]]) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.script = script
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def generate(self, input_ids, attention_mask, generation_config):  # type: ignore[no-untyped-def]
+        assert bool(attention_mask[:, -1].all()), "prompts must be left-padded"
+        pad = self.tokenizer.pad_token_id
+        rows = []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
+            prompt = self.tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
+            rows.append(self.script[prompt][: generation_config.max_new_tokens])
+        width = max(len(row) for row in rows)
+        continuation = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
+        return torch.cat([input_ids, continuation], dim=1)
+
+
+def test_evaluate_accuracy_on_a_scripted_model() -> None:
+    task = get_task("collatz")
+    tokenizer = build_char_tokenizer(ALPHABET)
+    eos = tokenizer.eos_token_id
+
+    def ids(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    examples = [task.example(start) for start in (6, 2, 27, 12, 5)]
+    script = {
+        "6=": [*ids(examples[0].solution), eos],  # right
+        "2=": [*ids(examples[1].solution), eos, *ids("#9")],  # right; text after EOS is ignored
+        "72=": ids(examples[2].solution) + ids("1;#1") + [eos],  # wrong answer
+        "21=": ids(examples[3].solution),  # right answer, but no EOS: truncated, scored as written
+        "5=": ids("61;8;4;2;1;"),  # cut before its answer line
+    }
+    result = evaluate_accuracy(
+        ScriptedModel(tokenizer, script),  # type: ignore[arg-type]
+        tokenizer,
+        task,
+        examples,
+        temperature=1.0,
+        max_new_tokens=512,
+        batch_size=2,
+        seed=0,
+    )
+    assert result["rewards"] == [1.0, 1.0, 0.0, 1.0, 0.0]
+    assert result["accuracy"] == 3 / 5
+    assert result["responses"][0] == examples[0].solution
+    assert result["truncated_fraction"] == 2 / 5
+    # Reference lengths: 2 -> "2;1;#1" (6) and 5 -> "5;61;8;4;2;1;#5" (15) in 1-16 (one right);
+    # 6 -> "6;3;01;5;61;8;4;2;1;#8" (22) and 12 -> "21;6;...;#9" (25) in 17-32 (both right).
+    assert result["per_bucket"]["1-16"] == {"num_examples": 2, "accuracy": 0.5}
+    assert result["per_bucket"]["17-32"] == {"num_examples": 2, "accuracy": 1.0}
+    assert result["per_bucket"]["257-512"] == {"num_examples": 1, "accuracy": 0.0}
+
+
+def test_left_padded_batches_match_single_prompts() -> None:
+    task = get_task("collatz")
+    tokenizer = build_char_tokenizer(ALPHABET)
+    model = build_tiny_qwen2(tokenizer, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # large random weights, so that greedy outputs differ between prompts
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 1.0, generator=generator)
+    examples = [task.example(start) for start in (3, 27, 703, 9, 100)]
+    kwargs = {"temperature": 0.0, "max_new_tokens": 12, "seed": 0}
+    batched = evaluate_accuracy(model, tokenizer, task, examples, batch_size=5, **kwargs)["responses"]
+    single = [
+        evaluate_accuracy(model, tokenizer, task, [ex], batch_size=1, **kwargs)["responses"][0]
+        for ex in examples
+    ]
+    assert batched == single
+    assert len(set(batched)) > 1
+
+
+def test_batches_are_seeded_length_grouped_and_masked() -> None:
+    task = get_task("collatz")
+    tokenizer = build_char_tokenizer(ALPHABET)
+    config = SFTConfig(max_steps=1, tokens_per_batch=512, length_group_size=256, seed=3)
+    first = next(next(length_grouped_batches(task, tokenizer, config)) for _ in range(1))
+    stream_a = length_grouped_batches(task, tokenizer, config)
+    stream_b = length_grouped_batches(task, tokenizer, config)
+    for _ in range(10):
+        batch_a, batch_b = next(stream_a), next(stream_b)
+        assert all(torch.equal(a, b) for a, b in zip(batch_a, batch_b, strict=True))
+        input_ids, attention_mask, labels = batch_a
+        assert input_ids.numel() <= 512 or input_ids.shape[0] == 1
+        # Labels: the response and its EOS; never the prompt ('=' ends it) nor padding.
+        assert bool((labels[attention_mask == 0] == IGNORE_INDEX).all())
+        eq_id = tokenizer.convert_tokens_to_ids("=")
+        assert not bool((labels == eq_id).any())
+        for row in range(input_ids.shape[0]):
+            length = int(attention_mask[row].sum())
+            assert input_ids[row, length - 1] == tokenizer.eos_token_id
+            assert labels[row, length - 1] == tokenizer.eos_token_id
+            prompt_length = input_ids[row, :length].tolist().index(eq_id) + 1
+            assert bool((labels[row, :prompt_length] == IGNORE_INDEX).all())
+            assert bool((labels[row, prompt_length:length] != IGNORE_INDEX).all())
+    other = next(length_grouped_batches(task, tokenizer, SFTConfig(max_steps=1, seed=4)))
+    assert not torch.equal(first[0], other[0]) or first[0].shape != other[0].shape
+
+
+def test_schedule() -> None:
+    config = SFTConfig(max_steps=110, warmup_steps=10, lr=1.0, min_lr_ratio=0.1)
+    assert learning_rate(config, 0, 0.0) == 0.1
+    assert learning_rate(config, 9, 0.0) == 1.0
+    assert learning_rate(config, 10, 0.0) == 1.0
+    assert abs(learning_rate(config, 60, 0.0) - 0.55) < 1e-12  # halfway: 0.1 + 0.9 * 0.5
+    assert abs(learning_rate(config, 110, 0.0) - 0.1) < 1e-12
+    timed = SFTConfig(max_steps=None, max_seconds=100.0, warmup_steps=0, lr=1.0, min_lr_ratio=0.0)
+    assert abs(learning_rate(timed, 5, 50.0) - 0.5) < 1e-12
+
+
+def test_length_bucket() -> None:
+    assert [length_bucket(n) for n in (1, 16, 17, 64, 65, 512, 513)] == [
+        "1-16",
+        "1-16",
+        "17-32",
+        "33-64",
+        "65-128",
+        "257-512",
+        ">512",
+    ]
+
+
+def test_cli_flags_round_trip() -> None:
+    config = SFTConfig(max_steps=None, max_seconds=12.5, lr=1e-3, eval_greedy=False, seed=9)
+    args = build_parser().parse_args([*config_to_argv(config), "--output-dir", "x"])
+    assert SFTConfig(**{k: getattr(args, k) for k in vars(config)}) == config
+
+
+def test_tiny_run_lowers_the_loss_and_writes_a_checkpoint(tmp_path: Path) -> None:
+    argv = [
+        "--output-dir",
+        str(tmp_path),
+        "--hidden-size",
+        "32",
+        "--num-layers",
+        "1",
+        "--num-heads",
+        "2",
+        "--intermediate-size",
+        "64",
+        "--max-steps",
+        "20",
+        "--warmup-steps",
+        "2",
+        "--lr",
+        "1e-2",
+        "--tokens-per-batch",
+        "512",
+        "--length-group-size",
+        "256",
+        "--log-every",
+        "1",
+        "--eval-examples",
+        "6",
+        "--max-new-tokens",
+        "8",
+        "--num-threads",
+        "1",
+    ]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "sft_metrics.json").read_text())
+    losses = [record["loss"] for record in metrics["loss_history"]]
+    assert len(losses) == 20 and metrics["steps"] == 20
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.2, losses  # about 2.6 -> 2.3 nats
+    assert set(metrics["evaluations"]) == {"temperature_1", "greedy"}
+    assert metrics["evaluations"]["greedy"]["num_examples"] == 6
+    assert metrics["config"]["max_steps"] == 20
+    assert metrics["command"].startswith("tppo sft --output-dir")
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json"):
+        assert (tmp_path / name).is_file(), name
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert model.config.hidden_size == 32
+    assert tokenizer.eos_token_id == model.config.eos_token_id == 1
+    logits = model(torch.tensor([tokenizer.encode("72=")])).logits
+    assert logits.shape == (1, 3, len(tokenizer))
+    # Same seed and config: the same initial weights and data, hence the same trained weights.
+    again = tmp_path / "again"
+    assert main([*argv[:1], str(again), *argv[2:]]) == 0
+    reloaded = AutoModelForCausalLM.from_pretrained(again)
+    for a, b in zip(model.parameters(), reloaded.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -1,0 +1,177 @@
+"""The built-in tasks: reference solutions, reward, determinism and the length distribution.
+
+``fibonacci`` is the demo task; ``collatz`` is kept as a second task with a natural long tail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from tppo.tasks import TASKS, Example, get_task
+from tppo.tasks.collatz import ALPHABET, CollatzTask, extract_answer
+from tppo.tasks.fibonacci import ALPHABET as FIB_ALPHABET
+from tppo.tasks.fibonacci import FibonacciTask
+
+
+def _reverse(text: str) -> int:
+    # Written here, not imported: an independent reading of least-significant-digit-first numbers.
+    assert text.isdigit(), text
+    return int(text[::-1])
+
+
+def test_registered() -> None:
+    assert "collatz" in TASKS
+    assert isinstance(get_task("collatz"), CollatzTask)
+    assert isinstance(get_task("fibonacci"), FibonacciTask)
+
+
+# --- fibonacci: the demo task --------------------------------------------------------------------
+
+
+def test_fibonacci_hand_worked_example() -> None:
+    # 125, 311 -> 436 -> 747 -> 1183 mod 1000 = 183; written LSD-first with fixed widths.
+    task = get_task("fibonacci")
+    example = task.example(125, 311, 3)
+    assert example == Example(prompt="40:521;30:113=", solution="20:634;10:747;00#381", answer="381")
+    # One step, with zero padding: 0 + 7 = 7 -> "700"; the prompt's countdowns are k + 1 and k.
+    assert task.example(0, 7, 1) == Example(prompt="20:000;10:700=", solution="00#700", answer="700")
+    # Countdowns past 9: k = 12 -> prompt "31" and "21", then 11 -> "11", 10 -> "01", 9 -> "90".
+    assert task.example(1, 1, 12).solution.startswith("11:200;01:300;90:500;80:800;70:310;")
+
+
+def test_fibonacci_every_step_is_correct() -> None:
+    task = get_task("fibonacci")
+    for example in task.examples(300, seed=1):
+        assert set(example.prompt + example.solution) <= set(FIB_ALPHABET)
+        first, second = example.prompt.removesuffix("=").split(";")
+        k = _reverse(second[:2])
+        assert _reverse(first[:2]) == k + 1 and first[2] == second[2] == ":"
+        a, b = _reverse(first[3:]), _reverse(second[3:])
+        lines = example.solution.split(";")
+        assert len(lines) == k and all(len(line) == 6 for line in lines)
+        for countdown, line in zip(range(k - 1, -1, -1), lines, strict=True):
+            a, b = b, (a + b) % 1000
+            marker = "#" if countdown == 0 else ":"
+            assert line == str(countdown).zfill(2)[::-1] + marker + str(b).zfill(3)[::-1], line
+        assert example.answer == str(b).zfill(3)[::-1]
+        assert example.solution.count("#") == 1
+
+
+def test_fibonacci_reward() -> None:
+    task = get_task("fibonacci")
+    for example in task.examples(50, seed=2):
+        solution, answer = example.solution, example.answer
+        assert task.reward(solution, answer) == 1.0
+        assert task.reward(solution + "<eos>", answer) == 1.0
+        wrong = str((_reverse(answer) + 1) % 1000).zfill(3)[::-1]
+        assert task.reward(solution[:-3] + wrong, answer) == 0.0
+        assert task.reward(solution[: solution.rindex("#")], answer) == 0.0  # truncated
+        assert task.reward(solution[:-1], answer) == 0.0  # truncated inside the answer
+        assert task.reward(solution + ";", answer) == 0.0
+    for garbage in ["", "#", "###", "<eos>", ":;=#", "00#", "00#12", "00#1234", "#abc"]:
+        assert task.reward(garbage, "123") == 0.0, garbage
+    assert task.reward("00#321", "321") == 1.0  # only the final answer is graded
+
+
+def test_fibonacci_examples_are_deterministic_per_seed() -> None:
+    task = get_task("fibonacci")
+    assert task.examples(100, seed=7) == task.examples(100, seed=7)
+    assert task.examples(100, seed=7) != task.examples(100, seed=8)
+
+
+def test_fibonacci_length_distribution_has_a_long_tail() -> None:
+    task = get_task("fibonacci")
+    lengths = sorted(len(example.solution) for example in task.examples(2000, seed=0))
+    median, p90 = lengths[len(lengths) // 2], lengths[int(0.9 * len(lengths))]
+    assert lengths[-1] <= 500 and lengths[0] == 6
+    assert 35 <= median <= 75, median
+    assert p90 >= 4 * median and p90 >= 250, (median, p90)
+    assert 90 <= sum(lengths) / len(lengths) <= 130
+
+
+# --- collatz -------------------------------------------------------------------------------------
+
+
+def test_hand_worked_example() -> None:
+    # 6 -> 3 -> 10 -> 5 -> 16 -> 8 -> 4 -> 2 -> 1: eight steps; 10 and 16 are written "01", "61".
+    example = CollatzTask().example(6)
+    assert example == Example(prompt="6=", solution="6;3;01;5;61;8;4;2;1;#8", answer="8")
+    # 27 takes 111 steps (a palindrome, so LSD-first changes nothing); 12 -> 6: "21" -> "6".
+    assert CollatzTask().example(27).answer == "111"
+    assert CollatzTask().example(12).solution.startswith("21;6;3;01;")
+    assert CollatzTask(echo_start=False).example(6).solution == "3;01;5;61;8;4;2;1;#8"
+
+
+def test_every_step_is_correct() -> None:
+    task = get_task("collatz")
+    for example in task.examples(300, seed=1):
+        assert set(example.prompt + example.solution) <= set(ALPHABET)
+        assert example.prompt.endswith("=")
+        start = _reverse(example.prompt[:-1])
+        body, answer = example.solution.split(";#")
+        numbers = [_reverse(part) for part in body.split(";")]
+        assert numbers[0] == start  # the echo
+        for before, after in itertools.pairwise(numbers):
+            assert after == (before // 2 if before % 2 == 0 else 3 * before + 1), (before, after)
+        assert numbers[-1] == 1 and 1 not in numbers[:-1]
+        assert answer == example.answer
+        assert _reverse(answer) == len(numbers) - 1
+
+
+def test_reward_scores_reference_and_rejects_the_rest() -> None:
+    task = get_task("collatz")
+    for example in task.examples(50, seed=2):
+        solution, answer = example.solution, example.answer
+        assert task.reward(solution, answer) == 1.0
+        assert task.reward(solution + "<eos>", answer) == 1.0
+        # A wrong final answer: one more step than the truth.
+        wrong = str(_reverse(answer) + 1)[::-1]
+        assert task.reward(solution[: solution.rindex("#") + 1] + wrong, answer) == 0.0
+        # Truncated before the answer line (as at the maximum length): no '#', reward 0.
+        assert task.reward(solution[: solution.rindex("#")], answer) == 0.0
+        assert task.reward(solution[: len(solution) // 2], answer) == 0.0
+        # Junk after the answer.
+        assert task.reward(solution + ";", answer) == 0.0
+    for garbage in ["", "#", "###", "<eos>", "abc", "1;2;3", "#<eos>", " # ", "#88", "#8a"]:
+        assert task.reward(garbage, "8") == 0.0, garbage
+    # Only the last '#' counts, and only the final answer is graded (an outcome reward).
+    assert task.reward("#8;#9", "9") == 1.0
+    assert task.reward("#8;#9", "8") == 0.0
+    assert task.reward("nonsense;#8", "8") == 1.0
+
+
+def test_extract_answer() -> None:
+    assert extract_answer("4;2;1;#3<eos>") == "3"
+    assert extract_answer("4;2;1;#3<eos><eos>") == "3"
+    assert extract_answer("4;2;1;") is None
+    assert extract_answer("#") == ""
+
+
+def test_examples_are_deterministic_per_seed() -> None:
+    task = get_task("collatz")
+    assert task.examples(100, seed=7) == task.examples(100, seed=7)
+    assert task.examples(100, seed=7) != task.examples(100, seed=8)
+    # sample() only reads the RNG it is given.
+    rng_a, rng_b = random.Random(3), random.Random(3)
+    assert [task.sample(rng_a) for _ in range(20)] == [task.sample(rng_b) for _ in range(20)]
+
+
+def test_length_distribution_has_a_long_tail() -> None:
+    task = get_task("collatz")
+    lengths = sorted(len(example.solution) for example in task.examples(2000, seed=0))
+    median, p90 = lengths[len(lengths) // 2], lengths[int(0.9 * len(lengths))]
+    assert lengths[-1] <= 500
+    assert 30 <= median <= 80, median
+    assert p90 >= 4 * median, (median, p90)
+    assert p90 >= 300, p90
+    assert lengths[0] <= 16  # short responses exist too
+
+
+def test_cap_is_respected_with_a_small_cap() -> None:
+    task = CollatzTask(max_start=1000, max_response_chars=60)
+    assert max(len(example.solution) for example in task.examples(300, seed=0)) <= 60
+    with pytest.raises(ValueError):
+        CollatzTask(max_start=1)

@@ -1,0 +1,101 @@
+"""End to end: T-PPO steps of the demo task with the shipped base model, on the CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+from tppo.config import load_config
+from tppo.trainer import Trainer
+
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "rollout.num_slots=12",
+    "rollout.window_length=6",  # shorter than any correct demo response (echo + answer + EOS)
+    "rollout.max_response_length=48",
+    "data.train_size=64",
+    "data.eval_size=8",
+    "trainer.eval_every=0",
+    "trainer.progress=false",
+    "trainer.tensorboard=false",
+    "optim.actor_lr=1e-3",
+    "optim.critic_lr=1e-3",
+]
+
+
+def params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed(before, model):
+    return [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
+
+
+def test_three_steps_carry_over_and_update_the_right_models(tmp_path):
+    trainer = Trainer(load_config(None, SMALL), tmp_path)
+    policy_0, value_0 = params(trainer.models.policy), params(trainer.models.value)
+
+    first = trainer.train_step()
+    assert first["rollout/finished"] == 0 and first["tokens/value"] == 0
+    assert changed(value_0, trainer.models.value) == []  # no finished response: value untouched
+    assert changed(policy_0, trainer.models.policy)  # the policy trains on every window
+    assert first["tokens/policy"] > 0
+
+    carried, finished = [], []
+    for _ in range(2):
+        metrics = trainer.train_step()
+        carried.append(metrics["rollout/carried"])
+        finished.append(metrics["rollout/finished"])
+    assert carried[0] == 12  # nothing finished in step 0: every slot carried its response over
+    assert all(c > 0 for c in carried)
+    assert sum(finished) > 0
+    assert changed(value_0, trainer.models.value)  # finished responses trained the value model
+    # every slot freed by a finished response took exactly one new prompt the next step
+    assert trainer.pool.stream.position == 12 + finished[0]
+    assert len(trainer.pool.active()) == 12 - finished[1]
+
+
+def test_cli_train_writes_config_metrics_tensorboard_checkpoints_and_plot(tmp_path):
+    out = tmp_path / "run"
+    args = [a for a in SMALL if not a.startswith(("trainer.eval_every", "trainer.tensorboard"))]
+    cmd = [sys.executable, "-m", "tppo.cli", "train", "--output-dir", str(out), *args]
+    cmd += ["trainer.total_steps=2", "trainer.eval_every=1", "trainer.tensorboard=true"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "plot of accuracy and reward vs wall-clock" in result.stdout
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [-1, 0, 1]
+    for key in (
+        "time/step_s",
+        "time/generate_s",
+        "time/actor_s",
+        "time/critic_s",
+        "rollout/carried",
+        "rollout/finished",
+        "rollout/new_prompts",
+        "rollout/slot_utilization",
+        "tokens/policy",
+        "tokens/value",
+        "reward/mean",
+        "response_length/mean",
+        "actor/clipfrac",
+        "actor/approx_kl",
+        "critic/loss",
+        "critic/explained_variance",
+        "eval/accuracy",
+    ):
+        assert key in rows[2], key
+    assert 0.0 <= rows[2]["rollout/slot_utilization"] <= 1.0
+    assert (out / "config.yaml").is_file() and (out / "plot.png").stat().st_size > 10_000
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    AutoModelForCausalLM.from_pretrained(out / "final" / "policy")
+    AutoModelForTokenClassification.from_pretrained(out / "final" / "value")
+    # a second run into the same directory is refused rather than appended to
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "already holds a run" in again.stderr

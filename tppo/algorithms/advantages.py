@@ -1,0 +1,233 @@
+"""Advantage estimators and returns: EGAE (paper eq. 6), GAE (eqs. 2-3), Monte-Carlo returns.
+
+Indexing (for one row, dropping the batch index): the response has ``b`` valid tokens at columns
+``0 .. b-1`` (``response_mask`` is a prefix run); ``values[t] = V(s_t)`` is the value of the state
+*before* token ``t`` is generated; ``rewards[t] = r_t`` is the reward for token ``t``.
+
+Every estimator returns *raw* advantages: whitening is a separate, explicit call
+(:func:`tppo.algorithms.stats.masked_whiten`). Estimators are registered by name in
+:data:`ADVANTAGE_ESTIMATORS` with one call signature (see :class:`AdvantageEstimator`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+import torch
+from torch import Tensor
+
+from tppo.algorithms.masks import check_is_finished, prefix_lengths
+from tppo.algorithms.stats import float_dtype
+
+
+class AdvantageEstimator(Protocol):
+    """The call signature every registered estimator has: returns ``Tensor[B, T]`` advantages."""
+
+    def __call__(
+        self,
+        rewards: Tensor,
+        values: Tensor,
+        response_mask: Tensor,
+        is_finished: Tensor,
+        *,
+        gamma: float,
+        gae_lambda: float,
+    ) -> Tensor: ...
+
+
+EstimatorT = TypeVar("EstimatorT", bound=AdvantageEstimator)
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+"""Advantage estimators by name; add one with :func:`register_advantage_estimator`."""
+
+
+def register_advantage_estimator(name: str) -> Callable[[EstimatorT], EstimatorT]:
+    """Decorator: register an estimator under ``name``; raises ValueError if the name is taken."""
+
+    def register(fn: EstimatorT) -> EstimatorT:
+        if name in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+
+    return register
+
+
+def get_advantage_estimator(name: str) -> AdvantageEstimator:
+    """The estimator registered under ``name``; raises KeyError naming the registered ones."""
+    try:
+        return ADVANTAGE_ESTIMATORS[name]
+    except KeyError:
+        known = ", ".join(sorted(ADVANTAGE_ESTIMATORS))
+        raise KeyError(f"unknown advantage estimator {name!r}; registered: {known}") from None
+
+
+def _check_discount(**factors: float) -> None:
+    for name, factor in factors.items():
+        if not 0.0 <= factor <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {factor}")
+
+
+def _check_same_shape(reference: Tensor, **tensors: Tensor) -> None:
+    for name, tensor in tensors.items():
+        if tensor.shape != reference.shape:
+            raise ValueError(
+                f"{name} has shape {tuple(tensor.shape)}, expected {tuple(reference.shape)} "
+                "(the shape of response_mask)"
+            )
+
+
+def _reverse_discounted_cumsum(x: Tensor, discount: float, length: int) -> Tensor:
+    """``y_t = x_t + discount * y_{t+1}`` for ``t < length`` (``y_length = 0``), zeros after.
+
+    ``x: Tensor[B, T]``; a reverse loop over the ``length`` columns, vectorised over rows.
+    """
+    batch_size, num_columns = x.shape
+    running = x.new_zeros(batch_size)  # [B]
+    columns = []
+    for t in range(length - 1, -1, -1):
+        running = x[:, t] + discount * running
+        columns.append(running)
+    columns.reverse()
+    head = torch.stack(columns, dim=1) if columns else x.new_zeros(batch_size, 0)  # [B, length]
+    return torch.cat([head, x.new_zeros(batch_size, num_columns - length)], dim=1)  # [B, T]
+
+
+@register_advantage_estimator("egae")
+def egae(
+    rewards: Tensor,
+    values: Tensor,
+    response_mask: Tensor,
+    is_finished: Tensor,
+    *,
+    gamma: float,
+    gae_lambda: float,
+) -> Tensor:
+    """Extended GAE (paper eq. 6): GAE that bootstraps truncated responses with ``V(s_b) := V(s_{b-1})``.
+
+    For a row with ``b`` valid tokens and ``t = 0 .. b-1``:
+
+        delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)
+        A_t     = sum_{k=0}^{b-1-t} (gamma * gae_lambda)^k * delta_{t+k}
+
+    where ``V(s_{t+1}) = values[t+1]`` for ``t < b-1``, and at the last valid token ``t = b-1``:
+
+    - finished row (EOS or max length; terminal): ``V(s_b) = 0``, so ``delta_{b-1} = r_{b-1} - V(s_{b-1})``;
+    - unfinished row (truncated by the window): ``V(s_b) := V(s_{b-1})``, so
+      ``delta_{b-1} = r_{b-1} + (gamma - 1) * V(s_{b-1})`` (just ``r_{b-1}`` at ``gamma = 1``).
+
+    With every row finished this is GAE. ``A_t`` reads only ``delta_t .. delta_{b-1}`` (the future),
+    so calling ``egae`` on a response's whole token history and keeping the current window's
+    columns gives the same advantages as calling it on the window alone (its columns shifted to
+    start at 0): the trainer relies on this to run EGAE over full histories.
+
+    Args:
+        rewards: ``Tensor[B, T]`` float, ``r_t`` (outcome rewards sit on the last valid token).
+        values: ``Tensor[B, T]`` float, ``V(s_t)``.
+        response_mask: ``Tensor[B, T]`` bool, a prefix run per row (True at columns ``0 .. b-1``).
+        is_finished: ``Tensor[B]`` bool, the row is terminal at its last valid token.
+        gamma: discount in ``[0, 1]``.
+        gae_lambda: GAE lambda in ``[0, 1]``.
+
+    Returns:
+        ``Tensor[B, T]`` raw advantages (float32, or the inputs' wider float dtype), exactly ``0``
+        where ``response_mask`` is False (rows with an empty mask are all zeros). ``rewards`` and
+        ``values`` are never read there: NaN/inf garbage under the mask changes nothing.
+
+    Raises:
+        ValueError: a row of ``response_mask`` is not a prefix run, shapes disagree, or ``gamma`` /
+        ``gae_lambda`` lie outside ``[0, 1]``. TypeError: a mask is not bool.
+    """
+    _check_discount(gamma=gamma, gae_lambda=gae_lambda)
+    lengths = prefix_lengths(response_mask)  # [B]
+    _check_same_shape(response_mask, rewards=rewards, values=values)
+    check_is_finished(is_finished, response_mask.shape[0])
+
+    dtype = float_dtype(rewards, values)
+    r = torch.where(response_mask, rewards.to(dtype), 0.0)  # [B, T]
+    v = torch.where(response_mask, values.to(dtype), 0.0)  # [B, T], V(s_t)
+    columns = torch.arange(v.shape[1], device=v.device)
+    is_last = columns == (lengths - 1)[:, None]  # [B, T], True at t = b-1
+    bootstrap = torch.where(is_finished[:, None], 0.0, v)  # V(s_b) as seen from t = b-1
+    next_v = torch.cat([v[:, 1:], v.new_zeros(v.shape[0], 1)], dim=1)  # [B, T], values[t+1]
+    next_v = torch.where(is_last, bootstrap, next_v)  # [B, T], V(s_{t+1})
+    deltas = torch.where(response_mask, r + gamma * next_v - v, 0.0)  # [B, T]
+    max_length = int(lengths.max()) if lengths.numel() else 0
+    return _reverse_discounted_cumsum(deltas, gamma * gae_lambda, max_length)
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    response_mask: Tensor,
+    *,
+    gamma: float,
+    gae_lambda: float,
+) -> Tensor:
+    """GAE (paper eqs. 2-3), every row terminal at its last valid token: :func:`egae` with all finished.
+
+    ``delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)`` with ``V(s_b) = 0``;
+    ``A_t = sum_{k=0}^{b-1-t} (gamma * gae_lambda)^k * delta_{t+k}``. With ``gamma = gae_lambda = 1``,
+    ``A_t = R_t - V(s_t)`` where ``R_t`` is the reward-to-go. Shapes, dtype and edge cases as
+    :func:`egae`.
+    """
+    is_finished = torch.ones(response_mask.shape[:1], dtype=torch.bool, device=response_mask.device)
+    return egae(rewards, values, response_mask, is_finished, gamma=gamma, gae_lambda=gae_lambda)
+
+
+def monte_carlo_returns(rewards: Tensor, response_mask: Tensor, *, gamma: float) -> Tensor:
+    """Discounted reward-to-go: ``R_t = sum_{k=t}^{b-1} gamma^(k-t) * r_k`` for ``t = 0 .. b-1``.
+
+    The value target of the paper (sec. 2.4): with an outcome reward ``R`` on the last token,
+    ``R_t = gamma^(b-1-t) * R``. Never bootstrapped: an unfinished row's returns miss its future
+    rewards, which is why only finished rows train the value model.
+
+    Args:
+        rewards: ``Tensor[B, T]`` float, ``r_t``.
+        response_mask: ``Tensor[B, T]`` bool, a prefix run per row.
+        gamma: discount in ``[0, 1]``.
+
+    Returns:
+        ``Tensor[B, T]``, ``0`` where ``response_mask`` is False; rewards there are never read.
+    """
+    _check_discount(gamma=gamma)
+    lengths = prefix_lengths(response_mask)
+    _check_same_shape(response_mask, rewards=rewards)
+    r = torch.where(response_mask, rewards.to(float_dtype(rewards)), 0.0)  # [B, T]
+    max_length = int(lengths.max()) if lengths.numel() else 0
+    return _reverse_discounted_cumsum(r, gamma, max_length)
+
+
+def outcome_rewards(scores: Tensor, response_mask: Tensor) -> Tensor:
+    """Token rewards from one scalar score per response: ``r_{b-1} = score``, ``r_t = 0`` otherwise.
+
+    Args:
+        scores: ``Tensor[B]`` float, each response's outcome score.
+        response_mask: ``Tensor[B, T]`` bool, a prefix run per row (``b`` valid tokens).
+
+    Returns:
+        ``Tensor[B, T]`` (float32 or the scores' wider float dtype) with the score on each row's
+        last valid token; rows with an empty mask are all zeros (their score is not read).
+    """
+    lengths = prefix_lengths(response_mask)  # [B]
+    if scores.shape != lengths.shape:
+        raise ValueError(f"scores must have shape [B] = {tuple(lengths.shape)}, got {tuple(scores.shape)}")
+    columns = torch.arange(response_mask.shape[1], device=response_mask.device)
+    is_last = columns == (lengths - 1)[:, None]  # [B, T]
+    return torch.where(is_last, scores.to(float_dtype(scores))[:, None], 0.0)
+
+
+@register_advantage_estimator("gae")
+def _gae_estimator(
+    rewards: Tensor,
+    values: Tensor,
+    response_mask: Tensor,
+    is_finished: Tensor,
+    *,
+    gamma: float,
+    gae_lambda: float,
+) -> Tensor:
+    """:func:`gae`; ``is_finished`` is ignored (every row is treated as terminal)."""
+    del is_finished
+    return gae(rewards, values, response_mask, gamma=gamma, gae_lambda=gae_lambda)

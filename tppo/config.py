@@ -1,0 +1,385 @@
+"""Configuration: documented dataclasses are the single home of every default.
+
+YAML files and ``key=value`` overrides only change fields. An unknown key, a wrong type or an
+impossible value is refused, with the key named, before any model or data set loads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    """Which checkpoints to train.
+
+    Attributes:
+        policy_path: Hugging Face model name or local folder of the policy (a causal LM).
+            ``tppo-demo`` names the built-in demo base model shipped with the package.
+        value_path: checkpoint the value model starts from (a token-classification model with
+            one label; the paper starts it from a reward model). ``None``: the policy's.
+        tokenizer_path: tokenizer folder or name; ``None``: the policy's.
+        dtype: parameter dtype of both models (``float32``, ``bfloat16``, ``float16``).
+        device: ``cpu``, ``cuda``, ``cuda:1``, ... ; ``auto`` picks CUDA when available.
+    """
+
+    policy_path: str = "tppo-demo"
+    value_path: str | None = None
+    tokenizer_path: str | None = None
+    dtype: str = "float32"
+    device: str = "auto"
+
+
+@dataclass
+class DataConfig:
+    """Where prompts come from.
+
+    Attributes:
+        task: a built-in synthetic task (``collatz``): prompts, answers and the reward.
+        train_size: training prompts drawn from the task (seeded by ``trainer.seed``). One
+            prompt in five of the task's prompt space (by a stable hash) is held out: training
+            draws never take it, evaluation draws only take those.
+        eval_size: held-out prompts used for ``eval/accuracy``.
+        eval_seed: seed of the held-out draws.
+        shuffle: shuffle the prompt order every epoch.
+        max_prompt_length: prompts longer than this (in tokens) are an error.
+    """
+
+    task: str = "collatz"
+    train_size: int = 20_000
+    eval_size: int = 256
+    eval_seed: int = 10_000
+    shuffle: bool = True
+    max_prompt_length: int = 64
+
+
+@dataclass
+class RolloutConfig:
+    """Successive batching (paper sec. 3.2): K slots, windows of ``l`` tokens.
+
+    Attributes:
+        engine: generation backend (``hf``).
+        num_slots: K, responses in flight every step (constant; finished ones are refilled).
+        window_length: l, new tokens per slot per step at most. ``window_length ==
+            max_response_length`` is plain synchronous PPO: every response finishes in its step.
+        max_response_length: L; a response reaching it is finished (truncated at max length).
+        samples_per_prompt: responses per prompt (consecutive in the prompt stream).
+        temperature: sampling temperature (training and evaluation); must be > 0.
+        top_p: nucleus sampling threshold (1.0 disables).
+        top_k: top-k sampling (0 disables).
+        max_batch_size: the engine's largest batch (``None``: all slots at once).
+    """
+
+    engine: str = "hf"
+    num_slots: int = 64
+    window_length: int = 128
+    max_response_length: int = 512
+    samples_per_prompt: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_batch_size: int | None = None
+
+
+@dataclass
+class AlgorithmConfig:
+    """The T-PPO objective. Defaults are the paper's (sec. 4.1.1).
+
+    Attributes:
+        advantage_estimator: ``egae`` (paper eq. 6) or ``gae`` (treats every window as terminal).
+        gamma: discount factor.
+        gae_lambda: GAE lambda.
+        clip_eps_low: policy ratio clip below, ``1 - clip_eps_low``.
+        clip_eps_high: policy ratio clip above, ``1 + clip_eps_high`` (clip-higher).
+        dual_clip: optional dual-clip constant c for negative advantages (``None``: off).
+        value_clip_low: value clip below the old value (paper eq. 4, xi_low).
+        value_clip_high: value clip above the old value (xi_high).
+        policy_skip_tail: the last this-many tokens of *unfinished* responses are left out of
+            the policy loss (their advantages are the noisiest); 0 trains on all.
+        whiten_advantages: normalise advantages to unit variance over the step's policy tokens.
+        whiten_shift_mean: whitening also subtracts the mean. With an untrained critic, the tokens
+            of unfinished windows have advantage ~0 and a mean shift turns them all negative;
+            ``False`` keeps their sign.
+        advantage_clip: clamp advantages to ``[-c, c]`` after whitening (``None``: off).
+        ppo_epochs: passes over the step's tokens.
+        num_minibatches: optimizer steps per epoch (rows split evenly).
+        micro_batch_tokens: forward/backward passes take rows of similar length, longest first,
+            as many as fit in ``rows x longest row <= micro_batch_tokens`` (gradients accumulate;
+            the loss is normalised by the minibatch's token count, so the result is the same as
+            one pass). ``None``: the whole minibatch in one padded pass.
+        recompute_old_log_probs: recompute ``old_log_probs`` with the policy before updating
+            (safe, the default); ``False`` uses the engine's log-probs.
+        truncated_reward: reward of a response cut at ``max_response_length`` without an answer
+            boundary; ``None`` scores it as written (the task's verifier decides).
+    """
+
+    advantage_estimator: str = "egae"
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    clip_eps_low: float = 0.2
+    clip_eps_high: float = 0.28
+    dual_clip: float | None = None
+    value_clip_low: float = 0.5
+    value_clip_high: float = 0.6
+    policy_skip_tail: int = 0
+    whiten_advantages: bool = True
+    whiten_shift_mean: bool = True
+    advantage_clip: float | None = None
+    ppo_epochs: int = 1
+    num_minibatches: int = 1
+    micro_batch_tokens: int | None = 16384
+    recompute_old_log_probs: bool = True
+    truncated_reward: float | None = None
+
+
+@dataclass
+class OptimConfig:
+    """Two AdamW optimizers, one per model (paper sec. 4.1.1 uses lr 1e-6 / 2e-6 on 32B).
+
+    Attributes:
+        actor_lr: policy learning rate.
+        critic_lr: value-model learning rate.
+        betas: AdamW betas of both optimizers.
+        weight_decay: AdamW weight decay of both.
+        eps: AdamW epsilon.
+        max_grad_norm: gradient-norm clip per update (``None``: off).
+        warmup_steps: linear learning-rate warm-up, in optimizer steps of each model.
+    """
+
+    actor_lr: float = 1e-6
+    critic_lr: float = 2e-6
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1.0
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    """The run.
+
+    Attributes:
+        total_steps: training steps (each = one window of generation + one update).
+        max_wall_seconds: stop after this much training wall-clock (``None``: no limit).
+        eval_every: evaluate every this-many steps (and at step 0 and the end); 0: never.
+        seed: seed of the prompt order, sampling and initialisation.
+        checkpoint_every: save policy and value every this-many steps (0: only at the end).
+        critic_warmup_steps: the first this-many steps train the value model only (the policy
+            is left as it is while the critic learns what states are worth).
+        num_threads: torch CPU threads (``None``: torch's default).
+        progress: show a progress bar.
+        tensorboard: write TensorBoard event files.
+    """
+
+    total_steps: int = 100
+    max_wall_seconds: float | None = None
+    eval_every: int = 10
+    seed: int = 0
+    checkpoint_every: int = 0
+    critic_warmup_steps: int = 0
+    num_threads: int | None = None
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation during training.
+
+    Attributes:
+        temperature: sampling temperature of evaluation (``None``: the rollout's).
+        top_p: nucleus threshold of evaluation (``None``: the rollout's).
+        samples_per_prompt: samples per held-out prompt (accuracy is their mean).
+    """
+
+    temperature: float | None = None
+    top_p: float | None = None
+    samples_per_prompt: int = 1
+
+
+@dataclass
+class TPPOConfig:
+    """Everything ``tppo train`` reads. YAML sections mirror these fields."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        """Refuse impossible combinations, naming the keys."""
+        r, a = self.rollout, self.algorithm
+        _require(r.num_slots > 0, "rollout.num_slots", f"must be > 0, got {r.num_slots}")
+        _require(r.window_length > 0, "rollout.window_length", f"must be > 0, got {r.window_length}")
+        _require(
+            r.window_length <= r.max_response_length,
+            "rollout.window_length",
+            f"({r.window_length}) must not exceed rollout.max_response_length ({r.max_response_length})",
+        )
+        _require(r.samples_per_prompt > 0, "rollout.samples_per_prompt", "must be > 0")
+        _require(r.temperature > 0, "rollout.temperature", "must be > 0 for RL (sampling)")
+        _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+        _require(0 <= a.gamma <= 1, "algorithm.gamma", f"must be in [0, 1], got {a.gamma}")
+        _require(0 <= a.gae_lambda <= 1, "algorithm.gae_lambda", f"must be in [0, 1], got {a.gae_lambda}")
+        _require(a.policy_skip_tail >= 0, "algorithm.policy_skip_tail", "must be >= 0")
+        _require(a.ppo_epochs > 0, "algorithm.ppo_epochs", "must be > 0")
+        _require(
+            0 < a.num_minibatches <= r.num_slots,
+            "algorithm.num_minibatches",
+            f"must be in [1, rollout.num_slots={r.num_slots}], got {a.num_minibatches}",
+        )
+        _require(self.trainer.total_steps >= 0, "trainer.total_steps", "must be >= 0")
+        _require(self.trainer.eval_every >= 0, "trainer.eval_every", "must be >= 0")
+        _require(self.data.train_size > 0, "data.train_size", "must be > 0")
+        _require(self.data.eval_size >= 0, "data.eval_size", "must be >= 0")
+        _require(
+            self.model.dtype in ("float32", "bfloat16", "float16"),
+            "model.dtype",
+            f"must be float32, bfloat16 or float16, got {self.model.dtype!r}",
+        )
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a nested dict, refusing unknown keys and wrong types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(_unknown_key_message(prefix + str(key), list(fields), prefix))
+        kwargs[key] = _coerce(hints[key], value, prefix + key)
+    return cls(**kwargs)
+
+
+def _unknown_key_message(key: str, valid: list[str], prefix: str) -> str:
+    leaf = key[len(prefix) :]
+    close = difflib.get_close_matches(leaf, valid, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+    return f"unknown config key {key!r}{hint} (valid keys here: {', '.join(prefix + v for v in valid)})"
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against type ``hint`` (ints pass as floats; lists as tuples)."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value if value is not None else {}, key + ".")  # type: ignore[arg-type]
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {hint}")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, float, str, bool) and not (
+        isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), ready for YAML or JSON."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["rollout.window_length=64", "optim.betas=[0.9,0.99]"]`` -> a nested dict (YAML values)."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        dotted, raw = item.split("=", 1)
+        node = nested
+        *parents, leaf = dotted.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is both a value and a section")
+        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
+    return nested
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``update`` wins."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TPPOConfig:
+    """Defaults, then the YAML file at ``path``, then ``overrides``; validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        with path.open() as handle:
+            try:
+                loaded = yaml.safe_load(handle)
+            except yaml.YAMLError as error:
+                raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from error
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
+        data = loaded or {}
+    data = merge(data, parse_overrides(overrides or []))
+    config = from_dict(TPPOConfig, data)
+    config.validate()
+    return config
+
+
+def save_config(config: TPPOConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

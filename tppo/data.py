@@ -1,0 +1,74 @@
+"""Prompt sources -> tokenised :class:`PromptRow` lists (training and held-out)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from transformers import PreTrainedTokenizerBase
+
+from tppo.config import DataConfig
+from tppo.rollout.prompts import PromptRow
+from tppo.tasks import Example, Task, get_task
+
+HELD_OUT_SHARE = 5
+"""One prompt in this many (by a stable hash of its text) is held out for evaluation."""
+
+
+def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[int, ...]:
+    return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def is_held_out(prompt: str) -> bool:
+    """Stable split of a task's prompt space: the same prompt is always on the same side."""
+    return int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") % HELD_OUT_SHARE == 0
+
+
+def draw_split(task: Task, *, size: int, seed: int, held_out: bool) -> list[Example]:
+    """``size`` examples from ``random.Random(seed)``, keeping only one side of the split, so
+    training and evaluation prompts follow the task's distribution and never overlap."""
+    rng, examples = random.Random(seed), list[Example]()
+    for _ in range(1000 * size + 1000):
+        if len(examples) == size:
+            return examples
+        example = task.sample(rng)
+        if is_held_out(example.prompt) == held_out:
+            examples.append(example)
+    raise ValueError(
+        f"task {task.name!r}: could not draw {size} {'held-out' if held_out else 'training'} prompts"
+    )
+
+
+def task_rows(
+    task: Task, tokenizer: PreTrainedTokenizerBase, examples: list[Example], *, max_prompt_length: int
+) -> list[PromptRow]:
+    """Tokenised rows; a prompt over the limit is an error naming the example."""
+    rows = []
+    for index, example in enumerate(examples):
+        ids = tokenize_prompt(tokenizer, example.prompt)
+        if len(ids) > max_prompt_length:
+            raise ValueError(
+                f"task {task.name!r} example {index}: prompt of {len(ids)} tokens exceeds "
+                f"data.max_prompt_length={max_prompt_length}"
+            )
+        rows.append(PromptRow(token_ids=ids, ground_truth=example.answer, text=example.prompt))
+    return rows
+
+
+def build_task_data(
+    config: DataConfig, tokenizer: PreTrainedTokenizerBase, *, seed: int
+) -> tuple[Task, list[PromptRow], list[PromptRow]]:
+    """The task, its training rows and its held-out rows (disjoint prompt sets)."""
+    task = get_task(config.task)
+    limit = config.max_prompt_length
+    train = draw_split(task, size=config.train_size, seed=seed, held_out=False)
+    held_out = (
+        draw_split(task, size=config.eval_size, seed=config.eval_seed, held_out=True)
+        if config.eval_size
+        else []
+    )
+    return (
+        task,
+        task_rows(task, tokenizer, train, max_prompt_length=limit),
+        task_rows(task, tokenizer, held_out, max_prompt_length=limit),
+    )

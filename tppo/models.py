@@ -1,0 +1,142 @@
+"""Policy and value models: loading, and the two forward passes the trainer needs.
+
+The policy is any ``AutoModelForCausalLM``. The value model is an
+``AutoModelForTokenClassification`` with one label: the LM backbone plus a scalar head, which
+may start from a different checkpoint than the policy (the paper starts it from a reward
+model). ``V(s_t)``, the value of the state before response token ``t``, is the head's output at
+the position of the token before ``t``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from tppo.config import ModelConfig
+from tppo.rollout.batch import RolloutBatch
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODELS = {"tppo-demo": Path(__file__).parent / "assets" / "demo_base"}
+"""Names that resolve to checkpoints shipped inside the package."""
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(name: str) -> str:
+    """A built-in name -> its folder; a local path must exist; anything else is a Hub name."""
+    if name in BUILTIN_MODELS:
+        return str(BUILTIN_MODELS[name])
+    looks_local = name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
+    if looks_local and not Path(name).expanduser().exists():
+        raise FileNotFoundError(f"model path {name!r} does not exist")
+    return str(Path(name).expanduser()) if looks_local else name
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Models:
+    tokenizer: PreTrainedTokenizerBase
+    policy: PreTrainedModel
+    value: PreTrainedModel
+    eos_token_ids: list[int]
+    pad_token_id: int
+
+
+def load_models(config: ModelConfig) -> Models:
+    """Tokenizer, policy and value model on the configured device, dropout off in both."""
+    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
+    policy_path = resolve_model_path(config.policy_path)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.tokenizer_path or config.policy_path))
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"tokenizer of {config.tokenizer_path or config.policy_path!r} has no EOS token")
+    policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype)
+    value = load_value_model(resolve_model_path(config.value_path or config.policy_path), dtype)
+    policy.to(device)  # type: ignore[arg-type]  # transformers' stubs type `.to` for the model, not a device
+    value.to(device)  # type: ignore[arg-type]
+    for model in (policy, value):
+        disable_dropout(model)
+    eos_ids = {int(tokenizer.eos_token_id)}
+    generation_eos = getattr(policy.generation_config, "eos_token_id", None)
+    if generation_eos is not None:
+        eos_ids.update([generation_eos] if isinstance(generation_eos, int) else generation_eos)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Models(tokenizer, policy, value, sorted(eos_ids), int(pad))
+
+
+def load_value_model(path: str, dtype: torch.dtype) -> PreTrainedModel:
+    """A one-label token-classification model; a missing head starts at zero, and we say so."""
+    value, info = AutoModelForTokenClassification.from_pretrained(
+        path, num_labels=1, dtype=dtype, output_loading_info=True
+    )
+    head = _value_head(value)
+    missing = [k for k in info["missing_keys"] if any(k.endswith(n) for n, _ in head.named_parameters())]
+    if missing:
+        log.warning("value head not found in %s: initialised to zero (%s)", path, ", ".join(missing))
+        with torch.no_grad():
+            for param in head.parameters():
+                param.zero_()
+    return value
+
+
+def _value_head(model: PreTrainedModel) -> nn.Module:
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise ValueError(f"{type(model).__name__} has no 'score' or 'classifier' head to use as the value head")
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """RL needs the same function at sampling and training time: zero every dropout."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def response_log_probs(
+    policy: PreTrainedModel, batch: RolloutBatch, *, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs ``Tensor[B, T]`` of the response tokens under ``log_softmax(logits / temperature)``,
+    and the entropy ``Tensor[B, T]`` of that distribution, at each response position."""
+    width_t = batch.response_width
+    logits = policy(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask.long(),
+        position_ids=batch.position_ids,
+        logits_to_keep=width_t + 1,
+        use_cache=False,
+    ).logits[:, :-1]  # [B, T, V]: column t predicts response token t
+    log_softmax = torch.log_softmax(logits.float() / temperature, dim=-1)
+    tokens = batch.response_tokens.unsqueeze(-1)  # [B, T, 1]
+    log_probs = log_softmax.gather(-1, tokens).squeeze(-1)
+    entropy = -(log_softmax.exp() * log_softmax).sum(-1)
+    return log_probs, entropy
+
+
+def response_values(value: PreTrainedModel, batch: RolloutBatch) -> torch.Tensor:
+    """``Tensor[B, T]``: ``V(s_t)``, the head's output at the token before response token t."""
+    out = value(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask.long(),
+        position_ids=batch.position_ids,
+        use_cache=False,
+    ).logits  # [B, P + T, 1]
+    p, t = batch.prompt_width, batch.response_width
+    return out[:, p - 1 : p - 1 + t, 0].float()

@@ -1,0 +1,530 @@
+"""Supervised warm-up: train a tiny model on a built-in task's reference solutions.
+
+This makes the base model that reinforcement learning starts from (``tppo/assets/demo_base/``).
+Training is deterministic for a given config: the seed fixes the initial weights and the data order;
+with a step budget (``max_steps``) the run is reproducible up to CPU floating-point differences.
+
+Usage::
+
+    tppo sft --output-dir runs/base --max-steps 1200
+    python -m tppo.sft --output-dir runs/base --max-seconds 240
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import random
+import re
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from tppo.tasks import Example, Task, get_task
+from tppo.tasks.char_tokenizer import build_char_tokenizer
+from tppo.tasks.tiny_model import build_tiny_qwen2
+
+IGNORE_INDEX = -100
+# Response-length buckets (characters of the reference solution, EOS excluded): inclusive bounds.
+LENGTH_BUCKETS: tuple[tuple[int, int], ...] = ((1, 16), (17, 32), (33, 64), (65, 128), (129, 256), (257, 512))
+
+
+@dataclass
+class SFTConfig:
+    """Settings of a supervised warm-up run (``tppo sft``); every field is also a CLI flag.
+
+    Attributes:
+        task: name of a registered task (``tppo.tasks.TASKS``) whose reference solutions are learnt.
+        hidden_size: model width (a fresh Qwen2, see ``tppo.tasks.tiny_model``).
+        num_layers: number of decoder layers.
+        num_heads: number of attention heads.
+        intermediate_size: width of each MLP.
+        max_steps: stop after this many optimizer steps (the reproducible budget); None for no limit.
+        max_seconds: stop after this many seconds of training (evaluation not counted); None for no
+            limit. At least one of ``max_steps`` and ``max_seconds`` must be set.
+        lr: peak learning rate of AdamW.
+        beta1: AdamW's first-moment decay.
+        beta2: AdamW's second-moment decay.
+        weight_decay: AdamW's decoupled weight decay, applied to matrices and embeddings only
+            (not to norms).
+        grad_clip: the gradient's global norm is clipped to this; 0 disables clipping.
+        label_smoothing: cross-entropy label smoothing (``torch.nn.functional.cross_entropy``):
+            the trained model keeps about this much probability off the reference token, so
+            sampling at temperature 1 slips now and then where greedy decoding does not.
+        tokens_per_batch: padded tokens (prompt + response + EOS) per batch; batches hold
+            sequences of similar length, so short sequences come many to a batch.
+        length_group_size: examples drawn at a time, sorted by length and cut into batches (whose
+            order is then shuffled): larger groups waste less padding.
+        warmup_steps: linear learning-rate warm-up from 0 over this many steps.
+        min_lr_ratio: after warm-up the rate follows a cosine from ``lr`` to ``lr * min_lr_ratio``
+            over the run's budget (steps, or seconds when only ``max_seconds`` is set).
+        seed: seeds the initial weights and the training-data stream.
+        num_threads: torch CPU threads (``torch.set_num_threads``).
+        eval_examples: held-out examples (drawn with ``eval_seed``) scored after training.
+        eval_seed: seed of the evaluation examples and of sampling during evaluation.
+        eval_temperature: sampling temperature of the evaluation; 0 means greedy.
+        eval_greedy: also evaluate greedily (temperature 0), to show how much of the error is
+            sampling noise.
+        eval_batch_size: prompts per ``generate`` call during evaluation.
+        max_new_tokens: generation limit during evaluation (the response budget ``L``).
+        log_every: steps between loss records in ``sft_metrics.json``.
+    """
+
+    task: str = "collatz"
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_steps: int | None = 1500
+    max_seconds: float | None = None
+    lr: float = 3e-3
+    beta1: float = 0.9
+    beta2: float = 0.98
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    tokens_per_batch: int = 2048
+    length_group_size: int = 2048
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1
+    seed: int = 0
+    num_threads: int = 2
+    eval_examples: int = 512
+    eval_seed: int = 1234
+    eval_temperature: float = 1.0
+    eval_greedy: bool = True
+    eval_batch_size: int = 64
+    max_new_tokens: int = 512
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.max_seconds is None:
+            raise ValueError("set max_steps or max_seconds (or both)")
+        if self.tokens_per_batch < 1 or self.length_group_size < 1:
+            raise ValueError("tokens_per_batch and length_group_size must be positive")
+
+
+def length_bucket(length: int) -> str:
+    """The name (``"17-32"``) of the response-length bucket holding ``length`` characters."""
+    for low, high in LENGTH_BUCKETS:
+        if low <= length <= high:
+            return f"{low}-{high}"
+    return f">{LENGTH_BUCKETS[-1][1]}" if length > LENGTH_BUCKETS[-1][1] else "0"
+
+
+def encode_example(tokenizer: PreTrainedTokenizerBase, example: Example) -> tuple[list[int], int]:
+    """Token ids of ``prompt + solution + EOS`` and the number of prompt tokens."""
+    prompt_ids = tokenizer.encode(example.prompt, add_special_tokens=False)
+    response_ids = tokenizer.encode(example.solution, add_special_tokens=False)
+    return [*prompt_ids, *response_ids, tokenizer.eos_token_id], len(prompt_ids)
+
+
+def length_grouped_batches(
+    task: Task, tokenizer: PreTrainedTokenizerBase, config: SFTConfig
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """An endless, seeded stream of training batches ``(input_ids, attention_mask, labels)``.
+
+    Examples are drawn ``length_group_size`` at a time from ``random.Random(config.seed)``, sorted
+    by length and packed into batches of at most ``tokens_per_batch`` padded tokens, whose order is
+    then shuffled. Sequences are right-padded; labels are the input ids on response tokens (EOS
+    included) and ``-100`` on prompt and padding tokens. All tensors are ``[B, T]``.
+    """
+    rng = random.Random(config.seed)
+    pad_id = tokenizer.pad_token_id
+    while True:
+        encoded = [encode_example(tokenizer, task.sample(rng)) for _ in range(config.length_group_size)]
+        encoded.sort(key=lambda item: len(item[0]))
+        groups: list[list[tuple[list[int], int]]] = [[]]
+        for item in encoded:
+            group = groups[-1]
+            if group and (len(group) + 1) * len(item[0]) > config.tokens_per_batch:
+                groups.append([item])
+            else:
+                group.append(item)
+        rng.shuffle(groups)
+        for group in groups:
+            width = max(len(ids) for ids, _ in group)
+            input_ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+            labels = torch.full((len(group), width), IGNORE_INDEX, dtype=torch.long)
+            attention_mask = torch.zeros((len(group), width), dtype=torch.long)
+            for row, (ids, num_prompt) in enumerate(group):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                labels[row, num_prompt : len(ids)] = torch.tensor(ids[num_prompt:])
+                attention_mask[row, : len(ids)] = 1
+            yield input_ids, attention_mask, labels
+
+
+def learning_rate(config: SFTConfig, step: int, elapsed: float) -> float:
+    """Linear warm-up over ``warmup_steps``, then a cosine from ``lr`` to ``lr * min_lr_ratio``.
+
+    Progress through the cosine is the larger of ``step / max_steps`` and
+    ``elapsed / max_seconds`` (whichever budgets are set).
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    fractions = []
+    if config.max_steps is not None:
+        span = max(1, config.max_steps - config.warmup_steps)
+        fractions.append((step - config.warmup_steps) / span)
+    if config.max_seconds is not None:
+        fractions.append(elapsed / config.max_seconds)
+    progress = min(1.0, max(fractions))
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+
+
+def response_loss(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over the labelled tokens (``labels != -100``), all ``[B, T]``."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # [B, T, V]
+    # The logits at position t predict the token at t + 1.
+    predicted = logits[:, :-1].reshape(-1, logits.shape[-1])  # [B * (T - 1), V]
+    targets = labels[:, 1:].reshape(-1)  # [B * (T - 1)]
+    return torch.nn.functional.cross_entropy(
+        predicted, targets, ignore_index=IGNORE_INDEX, label_smoothing=label_smoothing
+    )
+
+
+def _build_optimizer(model: torch.nn.Module, config: SFTConfig) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(config.beta1, config.beta2))
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Sample one response per example and score it with ``task.reward``.
+
+    Examples are batched in order of their reference length (so a batch rarely waits for one long
+    response), left-padded and continued with ``model.generate`` (``temperature`` 0: greedy; else
+    plain sampling at that temperature, no top-k or top-p). A response is the generated text up
+    to its first EOS; one with no EOS within ``max_new_tokens`` is truncated and scored as written.
+    The global torch RNG is left as it was.
+
+    Returns:
+        ``accuracy`` (mean reward), ``num_examples``, ``per_bucket`` (by the reference solution's
+        length: ``{"17-32": {"num_examples", "accuracy"}}``), ``truncated_fraction``,
+        ``mean_response_tokens``, ``rewards`` (in the order of ``examples``), ``responses`` and
+        ``seconds``.
+    """
+    started = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    if temperature > 0:
+        generation_config = GenerationConfig(
+            do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens
+        )
+    else:
+        generation_config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens)
+    generation_config.eos_token_id = tokenizer.eos_token_id
+    generation_config.pad_token_id = tokenizer.pad_token_id
+    generation_config.bos_token_id = None
+
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].solution))
+    responses: list[str] = [""] * len(examples)
+    truncated = [False] * len(examples)
+    num_tokens = [0] * len(examples)
+    starts = range(0, len(order), batch_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for start in tqdm(starts, desc="eval", leave=False, disable=not progress):
+            indices = order[start : start + batch_size]
+            prompts = [tokenizer.encode(examples[i].prompt, add_special_tokens=False) for i in indices]
+            width = max(len(p) for p in prompts)
+            input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+            for row, ids in enumerate(prompts):  # left padding
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention_mask[row, width - len(ids) :] = 1
+            output = model.generate(  # type: ignore[operator]
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                generation_config=generation_config,
+            )
+            generated = output[:, width:].tolist()
+            for row, i in enumerate(indices):
+                tokens = generated[row]
+                if tokenizer.eos_token_id in tokens:
+                    tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+                else:
+                    truncated[i] = True
+                num_tokens[i] = len(tokens)
+                responses[i] = str(tokenizer.decode(tokens, skip_special_tokens=True))
+    model.train(was_training)
+
+    rewards = [task.reward(responses[i], ex.answer) for i, ex in enumerate(examples)]
+    per_bucket: dict[str, dict[str, float]] = {}
+    for low, high in LENGTH_BUCKETS:
+        in_bucket = [r for r, ex in zip(rewards, examples, strict=True) if low <= len(ex.solution) <= high]
+        if in_bucket:
+            per_bucket[f"{low}-{high}"] = {
+                "num_examples": len(in_bucket),
+                "accuracy": sum(in_bucket) / len(in_bucket),
+            }
+    count = max(1, len(examples))
+    return {
+        "accuracy": sum(rewards) / count,
+        "num_examples": len(examples),
+        "per_bucket": per_bucket,
+        "truncated_fraction": sum(truncated) / count,
+        "mean_response_tokens": sum(num_tokens) / count,
+        "rewards": rewards,
+        "responses": responses,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def length_statistics(examples: Sequence[Example]) -> dict[str, float]:
+    """Mean, median, p90 and max of the reference solutions' lengths in characters (EOS excluded)."""
+    lengths = sorted(len(ex.solution) for ex in examples)
+    if not lengths:
+        return {}
+
+    def quantile(q: float) -> int:
+        return lengths[min(len(lengths) - 1, int(q * len(lengths)))]
+
+    return {
+        "mean": sum(lengths) / len(lengths),
+        "p50": quantile(0.5),
+        "p90": quantile(0.9),
+        "max": lengths[-1],
+    }
+
+
+def _train(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, config: SFTConfig
+) -> dict[str, Any]:
+    """The training loop; returns the loss history, step count, tokens and seconds."""
+    optimizer = _build_optimizer(model, config)
+    batches = length_grouped_batches(task, tokenizer, config)
+    model.train()
+    history: list[dict[str, float]] = []
+    step, tokens, running = 0, 0, float("nan")
+    started = time.perf_counter()
+    bar = tqdm(total=config.max_steps, desc="sft", unit="step")
+    while True:
+        elapsed = time.perf_counter() - started
+        if config.max_steps is not None and step >= config.max_steps:
+            break
+        if config.max_seconds is not None and elapsed >= config.max_seconds:
+            break
+        input_ids, attention_mask, labels = next(batches)
+        rate = learning_rate(config, step, elapsed)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        loss = response_loss(model, input_ids, attention_mask, labels, config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        tokens += int(attention_mask.sum())
+        value = float(loss.detach())
+        running = value if math.isnan(running) else 0.95 * running + 0.05 * value
+        if step % config.log_every == 0 or step == 1:
+            history.append({"step": step, "seconds": round(elapsed, 2), "loss": value, "lr": rate})
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}", lr=f"{rate:.2e}")
+    bar.close()
+    model.eval()
+    return {
+        "steps": step,
+        "train_tokens": tokens,
+        "train_seconds": time.perf_counter() - started,
+        "final_loss": running,
+        "loss_history": history,
+    }
+
+
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k not in ("rewards", "responses")}
+
+
+def run_sft(config: SFTConfig, output_dir: Path, *, command: str | None = None) -> dict[str, Any]:
+    """Train a fresh tiny model on ``config.task``, evaluate it and save it to ``output_dir``.
+
+    Writes a Hugging Face checkpoint (``config.json``, ``model.safetensors``,
+    ``generation_config.json``, tokenizer files) and ``sft_metrics.json`` holding the accuracy
+    (overall and per response-length bucket, sampled at ``eval_temperature`` and, with
+    ``eval_greedy``, greedily), the task's length statistics, the config, the wall-clock times and
+    the command line (``command``, by default this process's own). Returns the same metrics.
+    """
+    wall_started = time.perf_counter()
+    torch.set_num_threads(config.num_threads)
+    task = get_task(config.task)
+    alphabet = getattr(task, "alphabet", None)
+    if not isinstance(alphabet, str):
+        raise ValueError(f"task {config.task!r} has no `alphabet` for a character tokenizer")
+    tokenizer = build_char_tokenizer(alphabet)
+    model = build_tiny_qwen2(
+        tokenizer,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        intermediate_size=config.intermediate_size,
+        seed=config.seed,
+    )
+    training = _train(model, tokenizer, task, config)
+
+    eval_set = task.examples(config.eval_examples, config.eval_seed)
+    evaluations: dict[str, Any] = {}
+    temperatures = [config.eval_temperature]
+    if config.eval_greedy and config.eval_temperature > 0:
+        temperatures.append(0.0)
+    for temperature in temperatures:
+        result = evaluate_accuracy(
+            model,
+            tokenizer,
+            task,
+            eval_set,
+            temperature=temperature,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.eval_batch_size,
+            seed=config.eval_seed,
+            progress=True,
+        )
+        name = "greedy" if temperature == 0 else f"temperature_{temperature:g}"
+        evaluations[name] = _summary(result)
+        tqdm.write(f"{name}: accuracy {result['accuracy']:.3f} " + json.dumps(result["per_bucket"]))
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    metrics = {
+        "accuracy": evaluations[next(iter(evaluations))]["accuracy"],
+        "evaluations": evaluations,
+        "task_length_stats": length_statistics(eval_set),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        **{k: v for k, v in training.items() if k != "loss_history"},
+        "wall_seconds": time.perf_counter() - wall_started,
+        "config": dataclasses.asdict(config),
+        "command": command if command is not None else shlex.join(sys.orig_argv),
+        "reproduce": "tppo sft " + shlex.join([*config_to_argv(config), "--output-dir", str(output_dir)]),
+        "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
+        "loss_history": training["loss_history"],
+    }
+    (output_dir / "sft_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _field_help() -> dict[str, str]:
+    """Help text of each :class:`SFTConfig` field, read from its docstring's ``Attributes:``."""
+    helps: dict[str, str] = {}
+    current = None
+    for line in (SFTConfig.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
+        match = re.match(r"^\s{8}(\w+): (.*)$", line)
+        if match:
+            current = match.group(1)
+            helps[current] = match.group(2)
+        elif current and line.strip():
+            helps[current] += " " + line.strip()
+    return helps
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def config_to_argv(config: SFTConfig) -> list[str]:
+    """CLI flags that :func:`main` parses back into ``config`` (every field, explicitly)."""
+    argv: list[str] = []
+    for f in dataclasses.fields(SFTConfig):
+        value = getattr(config, f.name)
+        if isinstance(value, bool):
+            argv.append(_flag(f.name) if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            argv += [_flag(f.name), "none" if value is None else str(value)]
+    return argv
+
+
+def _optional(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "") else kind(text)
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tppo sft", description="Supervised warm-up of a tiny model on a built-in task."
+    )
+    parser.add_argument("--output-dir", type=Path, required=True, help="where the checkpoint is written")
+    helps = _field_help()
+    defaults = SFTConfig()
+    for f in dataclasses.fields(SFTConfig):
+        default = getattr(defaults, f.name)
+        help_text = f"{helps.get(f.name, '')} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(
+                _flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
+            continue
+        annotation = str(f.type)
+        kind: type = int if "int" in annotation else float if "float" in annotation else str
+        parse = _optional(kind) if "None" in annotation else kind
+        parser.add_argument(_flag(f.name), type=parse, default=default, help=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tppo sft``: parse flags, run :func:`run_sft`, print where the checkpoint went."""
+    args = build_parser().parse_args(argv)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SFTConfig)}
+    try:
+        config = SFTConfig(**values)
+    except ValueError as error:
+        print(f"tppo sft: {error}", file=sys.stderr)
+        return 2
+    command = shlex.join(["tppo", "sft", *(sys.argv[1:] if argv is None else argv)])
+    metrics = run_sft(config, args.output_dir, command=command)
+    print(
+        f"wrote {args.output_dir}: accuracy {metrics['accuracy']:.3f} after {metrics['steps']} steps "
+        f"({metrics['train_seconds']:.0f} s of training, {metrics['wall_seconds']:.0f} s in all)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

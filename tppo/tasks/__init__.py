@@ -1,0 +1,70 @@
+"""Built-in synthetic verifiable tasks (the offline demo and benchmarks).
+
+A task makes examples (prompt text, reference solution, ground-truth answer) from a seeded RNG
+and scores responses. Tasks are registered by name in :data:`TASKS`.
+"""
+
+from __future__ import annotations
+
+import abc
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Example:
+    """One task instance.
+
+    Attributes:
+        prompt: the text the model sees (tokenised without special tokens).
+        solution: a correct response, without the EOS token (used by supervised warm-up).
+        answer: the ground truth the reward compares against.
+    """
+
+    prompt: str
+    solution: str
+    answer: str
+
+
+class Task(abc.ABC):
+    """A synthetic task with verifiable answers."""
+
+    name: str
+
+    @abc.abstractmethod
+    def sample(self, rng: random.Random) -> Example:
+        """Draw one example."""
+
+    @abc.abstractmethod
+    def reward(self, response: str, ground_truth: str) -> float:
+        """Outcome reward of a response text (EOS stripped): 1.0 if correct else 0.0."""
+
+    def examples(self, n: int, seed: int) -> list[Example]:
+        """``n`` examples drawn from ``random.Random(seed)``: the same list for the same seed."""
+        rng = random.Random(seed)
+        return [self.sample(rng) for _ in range(n)]
+
+
+TASKS: dict[str, Callable[[], Task]] = {}
+
+
+def register_task(name: str) -> Callable[[Callable[[], Task]], Callable[[], Task]]:
+    def decorator(factory: Callable[[], Task]) -> Callable[[], Task]:
+        if name in TASKS:
+            raise ValueError(f"a task named {name!r} is already registered")
+        TASKS[name] = factory
+        return factory
+
+    return decorator
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}")
+    return TASKS[name]()
+
+
+# Built-in tasks register themselves on import (kept at the bottom: they import the names above).
+from tppo.tasks import collatz as _collatz  # noqa: E402, F401
+from tppo.tasks import fibonacci as _fibonacci  # noqa: E402, F401

@@ -1,0 +1,137 @@
+"""Collatz trajectories written least-significant digit first: the built-in demo task.
+
+Prompt ``72=`` (the start number 27, digits reversed). The response echoes the start, then writes
+every number of its Collatz trajectory (``n -> n/2`` if ``n`` is even, else ``3n+1``) down to 1,
+separated by ``;``, then the number of steps after ``#``, then EOS::
+
+    72=72;28;14;...;4;2;1;#111
+
+Every number, the answer included, is written least-significant digit first.
+
+Why this task (see ``NOTES.md``, "The built-in demo task", for the measurements behind it):
+
+* **Verifiable, outcome-rewarded.** The reward is 1.0 iff the text after the last ``#`` equals the
+  step count (paper eq. 7): the chain itself is not graded, only the final answer it leads to.
+* **A long tail of response lengths.** Starts are drawn log-uniformly from ``2..max_start``; most
+  trajectories are short, but starts that join the long family of 27 (peak 9232) run for 100+
+  steps. With the defaults, responses have mean ~115, median ~55, p90 ~425 characters, capped at
+  500 (the ~3% of starts with longer responses are redrawn). This is the regime T-PPO is for: a
+  batch of plain PPO waits for its longest response.
+* **Local steps.** Each number depends only on the one just before it: its last digit (written
+  first) gives the parity, halving and ``3n+1`` are digit-by-digit with a carry when digits come
+  least-significant first. Tasks whose steps copy terms from far back in the prompt did not train
+  (``NOTES.md``). Echoing the start makes the first step the same operation as every other one
+  (without the echo, most errors were on the first step).
+* **A 13-character alphabet** (digits, ``=``, ``;``, ``#``): a 1M-parameter model learns it in
+  minutes on a CPU, and learns it only partly, which leaves reinforcement learning room.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+from tppo.tasks import Example, Task, register_task
+
+ALPHABET = "0123456789=;#"
+EOS_STRING = "<eos>"
+
+
+def to_lsd(n: int) -> str:
+    """``n`` >= 0 written least-significant digit first: ``to_lsd(27) == "72"``."""
+    if n < 0:
+        raise ValueError(f"expected a non-negative integer, got {n}")
+    return str(n)[::-1]
+
+
+def from_lsd(text: str) -> int:
+    """Inverse of :func:`to_lsd`; raises ``ValueError`` unless ``text`` is digits only."""
+    if not text or not text.isdigit() or not text.isascii():
+        raise ValueError(f"not a least-significant-digit-first number: {text!r}")
+    return int(text[::-1])
+
+
+def collatz_step(n: int) -> int:
+    """One Collatz step: ``n // 2`` for even ``n``, ``3 * n + 1`` for odd ``n``."""
+    return n // 2 if n % 2 == 0 else 3 * n + 1
+
+
+def collatz_trajectory(start: int) -> list[int]:
+    """``[start, ..., 1]``; its length minus one is the step count."""
+    if start < 1:
+        raise ValueError(f"the start must be >= 1, got {start}")
+    trajectory = [start]
+    while trajectory[-1] != 1:
+        trajectory.append(collatz_step(trajectory[-1]))
+    return trajectory
+
+
+def extract_answer(response: str) -> str | None:
+    """The text after the last ``#`` of ``response`` (trailing EOS strings and whitespace removed),
+    or ``None`` when there is no ``#``."""
+    text = response.strip()
+    while text.endswith(EOS_STRING):
+        text = text[: -len(EOS_STRING)].rstrip()
+    if "#" not in text:
+        return None
+    return text.rsplit("#", 1)[1]
+
+
+class CollatzTask(Task):
+    """Collatz trajectories, least-significant digit first (see the module docstring).
+
+    Args:
+        max_start: starts are drawn log-uniformly from ``2..max_start``.
+        max_response_chars: a start whose solution is longer than this is redrawn.
+        echo_start: whether the response first repeats the start number.
+    """
+
+    name = "collatz"
+    alphabet = ALPHABET
+
+    def __init__(self, max_start: int = 1000, max_response_chars: int = 500, echo_start: bool = True):
+        if max_start < 2:
+            raise ValueError("max_start must be >= 2")
+        self.max_start = max_start
+        self.max_response_chars = max_response_chars
+        self.echo_start = echo_start
+
+    def prompt(self, start: int) -> str:
+        return to_lsd(start) + "="
+
+    def solution(self, start: int) -> str:
+        trajectory = collatz_trajectory(start)
+        numbers = trajectory if self.echo_start else trajectory[1:]
+        return ";".join(to_lsd(n) for n in numbers) + ";#" + to_lsd(len(trajectory) - 1)
+
+    def example(self, start: int) -> Example:
+        return Example(
+            prompt=self.prompt(start),
+            solution=self.solution(start),
+            answer=to_lsd(len(collatz_trajectory(start)) - 1),
+        )
+
+    def sample(self, rng: random.Random) -> Example:
+        log_low, log_high = math.log(2), math.log(self.max_start + 1)
+        for _ in range(10_000):
+            start = min(self.max_start, max(2, int(math.exp(rng.uniform(log_low, log_high)))))
+            example = self.example(start)
+            if len(example.solution) <= self.max_response_chars:
+                return example
+        raise RuntimeError("no start found within max_response_chars; raise the cap")
+
+    def reward(self, response: str, ground_truth: str) -> float:
+        """1.0 iff the text after the last ``#`` equals ``ground_truth`` exactly, else 0.0.
+
+        Only the final answer is checked (an outcome reward, paper eq. 7). A response with no
+        ``#`` (for instance one truncated at the maximum length) scores 0.0; a trailing
+        ``<eos>`` string is ignored.
+        """
+        answer = extract_answer(response)
+        return 1.0 if answer is not None and answer == ground_truth.strip() else 0.0
+
+
+@register_task("collatz")
+def make_collatz() -> Task:
+    """The demo task with its defaults: starts 2..1000, responses up to 500 characters, echo."""
+    return CollatzTask()

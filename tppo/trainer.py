@@ -1,0 +1,396 @@
+"""The T-PPO trainer: one step = the named phases of DESIGN.md section 1.
+
+    fill -> sync -> generate -> reward -> score -> estimate -> actor -> critic -> retire -> log
+
+Plain PPO is this same trainer with ``rollout.window_length == rollout.max_response_length``:
+every response then finishes within its step and nothing carries over.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from tppo.algorithms import (
+    explained_variance,
+    get_advantage_estimator,
+    masked_mean,
+    masked_whiten,
+    monte_carlo_returns,
+    outcome_rewards,
+    select_tokens,
+)
+from tppo.config import TPPOConfig, save_config
+from tppo.data import build_task_data
+from tppo.engines import SamplingParams, get_engine_factory
+from tppo.engines.base import Engine
+from tppo.evaluation import EvalResult, evaluate
+from tppo.metrics import MetricsLogger, PhaseTimer
+from tppo.models import Models, load_models, response_log_probs, response_values
+from tppo.rewards import score_responses
+from tppo.rollout.batch import RolloutBatch, collate, pack_rows
+from tppo.rollout.prompts import PromptStream
+from tppo.rollout.slot_pool import Slot, SlotPool
+from tppo.update import UpdateSchedule, actor_loss_fn, critic_loss_fn, run_update
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(config: TPPOConfig, models: Models) -> Engine:
+    """The configured rollout engine, generating with the policy's current weights."""
+    factory = get_engine_factory(config.rollout.engine)
+    return factory(
+        models.policy,
+        eos_token_ids=models.eos_token_ids,
+        pad_token_id=models.pad_token_id,
+        seed=config.trainer.seed,
+        max_batch_size=config.rollout.max_batch_size,
+    )
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, config: TPPOConfig) -> torch.optim.AdamW:
+    o = config.optim
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+
+
+class Trainer:
+    """Owns the models, the engine, the slot pool and the optimizers; ``train()`` runs the loop."""
+
+    def __init__(self, config: TPPOConfig, output_dir: Path, *, models: Models | None = None) -> None:
+        self.config, self.output_dir = config, Path(output_dir)
+        if config.trainer.num_threads:
+            torch.set_num_threads(config.trainer.num_threads)
+        torch.manual_seed(config.trainer.seed)
+        self.models = models or load_models(config.model)
+        self.device = next(self.models.policy.parameters()).device
+        self.task, train_rows, self.eval_rows = build_task_data(
+            config.data, self.models.tokenizer, seed=config.trainer.seed
+        )
+        self.reward_fn = self.task.reward
+        stream = PromptStream(
+            train_rows,
+            samples_per_prompt=config.rollout.samples_per_prompt,
+            seed=config.trainer.seed,
+            shuffle=config.data.shuffle,
+        )
+        r = config.rollout
+        self.pool = SlotPool(
+            stream,
+            num_slots=r.num_slots,
+            window_length=r.window_length,
+            max_response_length=r.max_response_length,
+        )
+        self.sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
+        self.engine = build_engine(config, self.models)
+        self.actor_optim = build_optimizer(self.models.policy, config.optim.actor_lr, config)
+        self.critic_optim = build_optimizer(self.models.value, config.optim.critic_lr, config)
+        self.actor_sched = _warmup(self.actor_optim, config.optim.warmup_steps)
+        self.critic_sched = _warmup(self.critic_optim, config.optim.warmup_steps)
+        self.update_generator = torch.Generator().manual_seed(config.trainer.seed)
+        self.step = 0
+        self.train_seconds = 0.0
+
+    # ------------------------------------------------------------------ the step
+    def train_step(self) -> dict[str, Any]:
+        """One T-PPO step (Algorithm 1, lines 2-10); returns its metrics."""
+        timer, step = PhaseTimer(), self.step
+        with timer("fill"):
+            new_prompts = self.pool.fill(step)
+        active = self.pool.active()
+        with timer("sync"):
+            self.engine.update_weights(self.models.policy.named_parameters())
+        with timer("generate"):
+            self._generate(step, active)
+        with timer("reward"):
+            scores, reward_errors = self._reward(active)
+        batch = collate(active, pad_token_id=self.models.pad_token_id).to(self.device)
+        with timer("score"):
+            self._score(batch)
+        with timer("estimate"):
+            self._estimate(batch, scores, step)
+        with timer("actor"):
+            actor = self._update_actor(batch)
+        with timer("critic"):
+            critic = self._update_critic(batch)
+        retired = self.pool.retire()
+        self.step += 1
+        metrics = self._step_metrics(batch, retired, scores, new_prompts, actor, critic)
+        metrics.update(timer.as_metrics())
+        metrics["time/step_s"] = sum(timer.seconds.values())
+        metrics["reward/errors"] = reward_errors
+        return metrics
+
+    def _generate(self, step: int, active: list[Slot]) -> None:
+        prefixes, budgets = self.pool.requests()
+        completions = self.engine.generate(prefixes, budgets, self.sampling)
+        self.pool.record(step, completions, self.models.eos_token_ids)
+
+    def _reward(self, active: list[Slot]) -> tuple[torch.Tensor, int]:
+        """Scores ``Tensor[B]``: the outcome reward of finished slots, 0 for unfinished ones."""
+        finished = [i for i, slot in enumerate(active) if slot.finished]
+        texts = self.models.tokenizer.batch_decode(
+            [active[i].response_ids for i in finished], skip_special_tokens=True
+        )
+        result = score_responses(self.reward_fn, texts, [active[i].prompt.ground_truth for i in finished])
+        scores = torch.zeros(len(active), dtype=torch.float32)
+        truncated_reward = self.config.algorithm.truncated_reward
+        for i, score in zip(finished, result.scores, strict=True):
+            if truncated_reward is not None and active[i].finish == "max_length":
+                score = truncated_reward
+            scores[i] = score
+        return scores.to(self.device), result.errors
+
+    @torch.no_grad()
+    def _score(self, batch: RolloutBatch) -> None:
+        """``old_values`` for every response token; ``old_log_probs`` unless the actor's own
+        first forward pass gives them (one epoch, one minibatch: then they are identical)."""
+        a = self.config.algorithm
+        rows = torch.arange(len(batch.is_finished), device=self.device)
+        packs = pack_rows(rows, batch.lengths, max_tokens=a.micro_batch_tokens)
+        batch.per_token["old_values"] = _stitch(
+            packs, [response_values(self.models.value, batch.select(p)) for p in packs], batch.response_mask
+        )
+        if not a.recompute_old_log_probs:
+            batch.per_token["old_log_probs"] = batch.engine_log_probs
+        elif a.ppo_epochs > 1 or a.num_minibatches > 1:
+            self.models.policy.eval()
+            temperature = self.sampling.temperature
+            pieces = [
+                response_log_probs(self.models.policy, batch.select(p), temperature=temperature)[0]
+                for p in packs
+            ]
+            batch.per_token["old_log_probs"] = _stitch(packs, pieces, batch.response_mask)
+
+    def _estimate(self, batch: RolloutBatch, scores: torch.Tensor, step: int) -> None:
+        """EGAE advantages (over each response's history; only this window's are trained),
+        Monte-Carlo returns, and the policy/value token masks."""
+        a, per_token = self.config.algorithm, batch.per_token
+        rewards = outcome_rewards(scores, batch.response_mask)
+        estimator = get_advantage_estimator(a.advantage_estimator)
+        advantages = estimator(
+            rewards,
+            per_token["old_values"],
+            batch.response_mask,
+            batch.is_finished,
+            gamma=a.gamma,
+            gae_lambda=a.gae_lambda,
+        )
+        masks = select_tokens(
+            batch.token_steps,
+            batch.response_mask,
+            batch.is_finished,
+            step=step,
+            policy_skip_tail=a.policy_skip_tail,
+        )
+        per_token["raw_advantages"] = advantages
+        if a.whiten_advantages and masks.policy_mask.sum() > 1:
+            advantages = masked_whiten(advantages, masks.policy_mask, shift_mean=a.whiten_shift_mean)
+        if a.advantage_clip is not None:
+            advantages = advantages.clamp(-a.advantage_clip, a.advantage_clip)
+        per_token["advantages"] = advantages
+        per_token["returns"] = monte_carlo_returns(rewards, batch.response_mask, gamma=a.gamma)
+        per_token["policy_mask"], per_token["value_mask"] = masks.policy_mask, masks.value_mask
+
+    def _update_actor(self, batch: RolloutBatch) -> dict[str, float]:
+        """The clipped policy update on this window's tokens (none during critic warm-up)."""
+        if self.step < self.config.trainer.critic_warmup_steps:
+            return {"updates": 0.0}
+        a = self.config.algorithm
+        loss_fn = actor_loss_fn(
+            temperature=self.sampling.temperature,
+            clip_eps_low=a.clip_eps_low,
+            clip_eps_high=a.clip_eps_high,
+            dual_clip=a.dual_clip,
+        )
+        return run_update(
+            self.models.policy,
+            self.actor_optim,
+            batch,
+            mask_key="policy_mask",
+            loss_fn=loss_fn,
+            schedule=self._schedule(),
+            generator=self.update_generator,
+            scheduler=self.actor_sched,
+        )
+
+    def _update_critic(self, batch: RolloutBatch) -> dict[str, float]:
+        """Monte-Carlo value regression on finished responses; no finished response, no update."""
+        a = self.config.algorithm
+        loss_fn = critic_loss_fn(value_clip_low=a.value_clip_low, value_clip_high=a.value_clip_high)
+        return run_update(
+            self.models.value,
+            self.critic_optim,
+            batch,
+            mask_key="value_mask",
+            loss_fn=loss_fn,
+            schedule=self._schedule(),
+            generator=self.update_generator,
+            scheduler=self.critic_sched,
+        )
+
+    def _schedule(self) -> UpdateSchedule:
+        a = self.config.algorithm
+        return UpdateSchedule(
+            a.ppo_epochs, a.num_minibatches, a.micro_batch_tokens, self.config.optim.max_grad_norm
+        )
+
+    # ------------------------------------------------------------------ metrics
+    def _step_metrics(
+        self,
+        batch: RolloutBatch,
+        retired: list[Slot],
+        scores: torch.Tensor,
+        new_prompts: int,
+        actor: dict[str, float],
+        critic: dict[str, float],
+    ) -> dict[str, Any]:
+        per_token, finished = batch.per_token, batch.is_finished
+        engine = self.engine.pop_stats()
+        lengths = [len(s.response_ids) for s in retired]
+        k = self.pool.num_slots
+        metrics: dict[str, Any] = {
+            "step": self.step - 1,
+            "rollout/new_prompts": new_prompts,
+            "rollout/carried": len(finished) - new_prompts,
+            "rollout/finished": int(finished.sum()),
+            "rollout/truncated": sum(s.finish == "max_length" for s in retired),
+            "rollout/generated_tokens": engine.generated_tokens,
+            "rollout/decode_steps": engine.decode_steps,
+            "rollout/slot_utilization": engine.generated_tokens / max(k * engine.decode_steps, 1),
+            "rollout/prompts_consumed": self.pool.stream.position,
+            "tokens/policy": int(per_token["policy_mask"].sum()),
+            "tokens/value": int(per_token["value_mask"].sum()),
+            "reward/mean": float(scores[finished].mean()) if finished.any() else math.nan,
+            "response_length/mean": sum(lengths) / len(lengths) if lengths else math.nan,
+            "response_length/max": max(lengths) if lengths else math.nan,
+            "advantages/raw_mean": float(masked_mean(per_token["raw_advantages"], per_token["policy_mask"])),
+            "critic/explained_variance": float(
+                explained_variance(per_token["old_values"], per_token["returns"], per_token["value_mask"])
+            )
+            if finished.any()
+            else math.nan,
+        }
+        metrics.update({f"actor/{k}": v for k, v in actor.items()})
+        metrics.update({f"critic/{k}": v for k, v in critic.items()})
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
+    def evaluate(self) -> EvalResult:
+        """Held-out accuracy with a fixed sampling seed (the same random stream every time)."""
+        e, r = self.config.eval, self.config.rollout
+        sampling = SamplingParams(
+            temperature=e.temperature if e.temperature is not None else r.temperature,
+            top_p=e.top_p if e.top_p is not None else r.top_p,
+            top_k=r.top_k,
+        )
+        state = self.engine.get_rng_state()
+        self.engine.reseed(self.config.trainer.seed + 1)
+        try:
+            return evaluate(
+                self.engine,
+                self.models.tokenizer,
+                self.reward_fn,
+                self.eval_rows,
+                sampling=sampling,
+                max_response_length=r.max_response_length,
+                samples_per_prompt=e.samples_per_prompt,
+            )
+        finally:
+            self.engine.pop_stats()
+            self.engine.set_rng_state(state)
+
+    def train(self) -> list[dict[str, Any]]:
+        """Run to ``trainer.total_steps`` (or the wall-clock budget); log, evaluate, save."""
+        t = self.config.trainer
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(self.config, self.output_dir / "config.yaml")
+        logger = MetricsLogger(self.output_dir, tensorboard=t.tensorboard)
+        history: list[dict[str, Any]] = []
+        bar = tqdm(total=t.total_steps, disable=not t.progress, desc="tppo", dynamic_ncols=True)
+        last_eval: float | None = None
+        try:
+            if self._eval_due(final=False):
+                last_eval = self._log_eval(logger, history)
+            while self.step < t.total_steps and not self._out_of_time():
+                start = time.perf_counter()
+                metrics = self.train_step()
+                self.train_seconds += time.perf_counter() - start
+                metrics["time/train_elapsed_s"] = self.train_seconds
+                done = self.step >= t.total_steps or self._out_of_time()
+                if self._eval_due(final=done):
+                    last_eval = self._log_eval(logger, history, into=metrics)
+                logger.log(metrics)
+                history.append(metrics)
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    self.save(self.output_dir / "checkpoints" / f"step_{self.step}")
+                bar.update(1)
+                bar.set_postfix(_headline(metrics, last_eval))
+        finally:
+            bar.close()
+            logger.close()
+        self.save(self.output_dir / "final")
+        return history
+
+    def _eval_due(self, *, final: bool) -> bool:
+        every = self.config.trainer.eval_every
+        if not every or not self.eval_rows:
+            return False
+        return final or self.step % every == 0
+
+    def _log_eval(
+        self, logger: MetricsLogger, history: list[dict[str, Any]], into: dict[str, Any] | None = None
+    ) -> float:
+        start = time.perf_counter()
+        result = self.evaluate()
+        eval_metrics = result.as_metrics()
+        eval_metrics["time/eval_s"] = time.perf_counter() - start
+        if into is None:  # the evaluation before the first step gets a row of its own
+            row = {"step": -1, "time/train_elapsed_s": 0.0, **eval_metrics}
+            logger.log(row)
+            history.append(row)
+        else:
+            into.update(eval_metrics)
+        return result.accuracy
+
+    def _out_of_time(self) -> bool:
+        limit = self.config.trainer.max_wall_seconds
+        return limit is not None and self.train_seconds >= limit
+
+    def save(self, directory: Path) -> None:
+        """Policy (with tokenizer) and value model in Hugging Face format (safetensors)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.models.policy.save_pretrained(directory / "policy")
+        self.models.tokenizer.save_pretrained(directory / "policy")
+        self.models.value.save_pretrained(directory / "value")
+
+
+def _stitch(packs: list[torch.Tensor], pieces: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """Put ``pieces[i]`` (``[len(packs[i]), T_i]``, trimmed by ``select``) back at rows ``packs[i]``
+    of a zero ``Tensor[B, T]`` shaped like ``like``."""
+    out = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+    for rows, piece in zip(packs, pieces, strict=True):
+        out[rows, : piece.shape[1]] = piece
+    return out
+
+
+def _warmup(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if steps <= 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: min(1.0, (n + 1) / steps))
+
+
+def _headline(metrics: dict[str, Any], last_eval: float | None) -> dict[str, str]:
+    out = {
+        "reward": f"{metrics['reward/mean']:.3f}",
+        "carried": str(metrics["rollout/carried"]),
+        "step_s": f"{metrics['time/step_s']:.1f}",
+    }
+    if last_eval is not None:
+        out["eval_acc"] = f"{last_eval:.3f}"
+    return out
