@@ -1,6 +1,6 @@
 """The built-in tasks: reference solutions, reward, determinism and the length distribution.
 
-``fibonacci`` is the demo task; ``collatz`` is kept as a second task with a natural long tail.
+``lcg`` is the demo task; ``collatz`` is kept as a second task with a natural long tail.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 
 from tppo.tasks import TASKS, Example, get_task
 from tppo.tasks.collatz import ALPHABET, CollatzTask, extract_answer
-from tppo.tasks.fibonacci import ALPHABET as FIB_ALPHABET
-from tppo.tasks.fibonacci import FibonacciTask
+from tppo.tasks.lcg import ALPHABET as LCG_ALPHABET
+from tppo.tasks.lcg import LcgTask
 
 
 def _reverse(text: str) -> int:
@@ -25,43 +25,52 @@ def _reverse(text: str) -> int:
 def test_registered() -> None:
     assert "collatz" in TASKS
     assert isinstance(get_task("collatz"), CollatzTask)
-    assert isinstance(get_task("fibonacci"), FibonacciTask)
+    assert isinstance(get_task("lcg"), LcgTask)
 
 
-# --- fibonacci: the demo task --------------------------------------------------------------------
+# --- lcg: the demo task --------------------------------------------------------------------------
 
 
-def test_fibonacci_hand_worked_example() -> None:
-    # 125, 311 -> 436 -> 747 -> 1183 mod 1000 = 183; written LSD-first with fixed widths.
-    task = get_task("fibonacci")
-    example = task.example(125, 311, 3)
-    assert example == Example(prompt="40:521;30:113=", solution="20:634;10:747;00#381", answer="381")
-    # One step, with zero padding: 0 + 7 = 7 -> "700"; the prompt's countdowns are k + 1 and k.
-    assert task.example(0, 7, 1) == Example(prompt="20:000;10:700=", solution="00#700", answer="700")
-    # Countdowns past 9: k = 12 -> prompt "31" and "21", then 11 -> "11", 10 -> "01", 9 -> "90".
-    assert task.example(1, 1, 12).solution.startswith("11:200;01:300;90:500;80:800;70:310;")
+def test_lcg_hand_worked_example() -> None:
+    # 125 -> 3 * 125 + 7 = 382 -> 1153 mod 1000 = 153 -> 466; written LSD-first with fixed widths.
+    task = get_task("lcg")
+    example = task.example(125, 3)
+    assert example == Example(prompt="30:521=", solution="20:283;10:351;00#664", answer="664")
+    # One step, with zero padding: 3 * 0 + 7 = 7 -> "700".
+    assert task.example(0, 1) == Example(prompt="10:000=", solution="00#700", answer="700")
+    # Countdowns past 9 (k = 12 -> "21"; then 11, 10, 9): 5 -> 22 -> 73 -> 226.
+    assert task.example(5, 12).prompt == "21:500="
+    assert task.example(5, 12).solution.startswith("11:220;01:370;90:622;")
 
 
-def test_fibonacci_every_step_is_correct() -> None:
-    task = get_task("fibonacci")
+def test_lcg_every_step_is_correct() -> None:
+    task = get_task("lcg")
     for example in task.examples(300, seed=1):
-        assert set(example.prompt + example.solution) <= set(FIB_ALPHABET)
-        first, second = example.prompt.removesuffix("=").split(";")
-        k = _reverse(second[:2])
-        assert _reverse(first[:2]) == k + 1 and first[2] == second[2] == ":"
-        a, b = _reverse(first[3:]), _reverse(second[3:])
+        assert set(example.prompt + example.solution) <= set(LCG_ALPHABET)
+        head, start = example.prompt.removesuffix("=").split(":")
+        k, x = _reverse(head), _reverse(start)
         lines = example.solution.split(";")
         assert len(lines) == k and all(len(line) == 6 for line in lines)
         for countdown, line in zip(range(k - 1, -1, -1), lines, strict=True):
-            a, b = b, (a + b) % 1000
+            x = (3 * x + 7) % 1000
             marker = "#" if countdown == 0 else ":"
-            assert line == str(countdown).zfill(2)[::-1] + marker + str(b).zfill(3)[::-1], line
-        assert example.answer == str(b).zfill(3)[::-1]
+            assert line == str(countdown).zfill(2)[::-1] + marker + str(x).zfill(3)[::-1], line
+        assert example.answer == str(x).zfill(3)[::-1]
         assert example.solution.count("#") == 1
 
 
-def test_fibonacci_reward() -> None:
-    task = get_task("fibonacci")
+def test_lcg_starts_never_repeat_within_a_response() -> None:
+    task = get_task("lcg")
+    assert len(task.starts) == 800  # the values on the cycles of length 100
+    for example in task.examples(200, seed=3):
+        values = [line[3:] for line in example.solution.split(";")] + [example.prompt[3:6]]
+        assert len(set(values)) == len(values)
+    with pytest.raises(ValueError):
+        LcgTask(multiplier=5)
+
+
+def test_lcg_reward() -> None:
+    task = get_task("lcg")
     for example in task.examples(50, seed=2):
         solution, answer = example.solution, example.answer
         assert task.reward(solution, answer) == 1.0
@@ -71,19 +80,19 @@ def test_fibonacci_reward() -> None:
         assert task.reward(solution[: solution.rindex("#")], answer) == 0.0  # truncated
         assert task.reward(solution[:-1], answer) == 0.0  # truncated inside the answer
         assert task.reward(solution + ";", answer) == 0.0
-    for garbage in ["", "#", "###", "<eos>", ":;=#", "00#", "00#12", "00#1234", "#abc"]:
+    for garbage in ["", "#", "###", "<eos>", ":;=#", "00#", "00#12", "00#1234", "#abc", "00:123"]:
         assert task.reward(garbage, "123") == 0.0, garbage
     assert task.reward("00#321", "321") == 1.0  # only the final answer is graded
 
 
-def test_fibonacci_examples_are_deterministic_per_seed() -> None:
-    task = get_task("fibonacci")
+def test_lcg_examples_are_deterministic_per_seed() -> None:
+    task = get_task("lcg")
     assert task.examples(100, seed=7) == task.examples(100, seed=7)
     assert task.examples(100, seed=7) != task.examples(100, seed=8)
 
 
-def test_fibonacci_length_distribution_has_a_long_tail() -> None:
-    task = get_task("fibonacci")
+def test_lcg_length_distribution_has_a_long_tail() -> None:
+    task = get_task("lcg")
     lengths = sorted(len(example.solution) for example in task.examples(2000, seed=0))
     median, p90 = lengths[len(lengths) // 2], lengths[int(0.9 * len(lengths))]
     assert lengths[-1] <= 500 and lengths[0] == 6

@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 
 SMALL = [
     "rollout.num_slots=12",
-    "rollout.window_length=6",  # shorter than any correct demo response (echo + answer + EOS)
+    "rollout.window_length=8",
     "rollout.max_response_length=48",
+    "rollout.samples_per_prompt=1",
     "data.train_size=64",
     "data.eval_size=8",
     "trainer.eval_every=0",
@@ -37,28 +38,34 @@ def changed(before, model):
     return [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
 
 
-def test_three_steps_carry_over_and_update_the_right_models(tmp_path):
-    trainer = Trainer(load_config(None, SMALL), tmp_path)
+def test_a_step_without_finished_responses_leaves_the_value_model_untouched(tmp_path):
+    # A window of 2 tokens: the shortest correct response has 6 characters + EOS, and this seed's
+    # samples emit no early EOS, so nothing finishes in the first step.
+    trainer = Trainer(load_config(None, [*SMALL, "rollout.window_length=2"]), tmp_path)
     policy_0, value_0 = params(trainer.models.policy), params(trainer.models.value)
-
     first = trainer.train_step()
     assert first["rollout/finished"] == 0 and first["tokens/value"] == 0
-    assert changed(value_0, trainer.models.value) == []  # no finished response: value untouched
+    assert first["critic/updates"] == 0
+    assert changed(value_0, trainer.models.value) == []
     assert changed(policy_0, trainer.models.policy)  # the policy trains on every window
-    assert first["tokens/policy"] > 0
+    assert first["tokens/policy"] == 12 * 2
 
+
+def test_steps_carry_over_and_update_both_models(tmp_path):
+    trainer = Trainer(load_config(None, SMALL), tmp_path)
+    policy_0, value_0 = params(trainer.models.policy), params(trainer.models.value)
     carried, finished = [], []
-    for _ in range(2):
+    for _ in range(4):
         metrics = trainer.train_step()
         carried.append(metrics["rollout/carried"])
         finished.append(metrics["rollout/finished"])
-    assert carried[0] == 12  # nothing finished in step 0: every slot carried its response over
-    assert all(c > 0 for c in carried)
+    assert carried[0] == 0 and all(c > 0 for c in carried[1:])  # unfinished ones continued
     assert sum(finished) > 0
+    assert changed(policy_0, trainer.models.policy)
     assert changed(value_0, trainer.models.value)  # finished responses trained the value model
     # every slot freed by a finished response took exactly one new prompt the next step
-    assert trainer.pool.stream.position == 12 + finished[0]
-    assert len(trainer.pool.active()) == 12 - finished[1]
+    assert trainer.pool.stream.position == 12 + sum(finished[:-1])
+    assert len(trainer.pool.active()) == 12 - finished[-1]
 
 
 def test_cli_train_writes_config_metrics_tensorboard_checkpoints_and_plot(tmp_path):

@@ -47,7 +47,7 @@ class DataConfig:
     """Where prompts come from.
 
     Attributes:
-        task: a built-in synthetic task (``collatz``): prompts, answers and the reward.
+        task: a built-in synthetic task (``lcg``, ``collatz``): prompts, answers and the reward.
         train_size: training prompts drawn from the task (seeded by ``trainer.seed``). One
             prompt in five of the task's prompt space (by a stable hash) is held out: training
             draws never take it, evaluation draws only take those.
@@ -57,7 +57,7 @@ class DataConfig:
         max_prompt_length: prompts longer than this (in tokens) are an error.
     """
 
-    task: str = "collatz"
+    task: str = "lcg"
     train_size: int = 20_000
     eval_size: int = 256
     eval_seed: int = 10_000

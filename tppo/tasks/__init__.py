@@ -67,4 +67,4 @@ def get_task(name: str) -> Task:
 
 # Built-in tasks register themselves on import (kept at the bottom: they import the names above).
 from tppo.tasks import collatz as _collatz  # noqa: E402, F401
-from tppo.tasks import fibonacci as _fibonacci  # noqa: E402, F401
+from tppo.tasks import lcg as _lcg  # noqa: E402, F401

@@ -1,4 +1,4 @@
-"""Collatz trajectories written least-significant digit first: the built-in demo task.
+"""Collatz trajectories written least-significant digit first (``"collatz"``).
 
 Prompt ``72=`` (the start number 27, digits reversed). The response echoes the start, then writes
 every number of its Collatz trajectory (``n -> n/2`` if ``n`` is even, else ``3n+1``) down to 1,
@@ -8,22 +8,17 @@ separated by ``;``, then the number of steps after ``#``, then EOS::
 
 Every number, the answer included, is written least-significant digit first.
 
-Why this task (see ``NOTES.md``, "The built-in demo task", for the measurements behind it):
+Not the demo task (that is :mod:`tppo.tasks.lcg`), but kept as a second task: its long tail of
+response lengths is a natural one. Starts are drawn log-uniformly from ``2..max_start``; most
+trajectories are short, but those that join the family of 27 (peak 9232) run for 100+ steps. With
+the defaults, responses have mean ~115, median ~55, p90 ~425 characters, capped at 500 (the ~3% of
+starts with longer responses are redrawn). The reward is 1.0 iff the text after the last ``#``
+equals the step count (an outcome reward, paper eq. 7).
 
-* **Verifiable, outcome-rewarded.** The reward is 1.0 iff the text after the last ``#`` equals the
-  step count (paper eq. 7): the chain itself is not graded, only the final answer it leads to.
-* **A long tail of response lengths.** Starts are drawn log-uniformly from ``2..max_start``; most
-  trajectories are short, but starts that join the long family of 27 (peak 9232) run for 100+
-  steps. With the defaults, responses have mean ~115, median ~55, p90 ~425 characters, capped at
-  500 (the ~3% of starts with longer responses are redrawn). This is the regime T-PPO is for: a
-  batch of plain PPO waits for its longest response.
-* **Local steps.** Each number depends only on the one just before it: its last digit (written
-  first) gives the parity, halving and ``3n+1`` are digit-by-digit with a carry when digits come
-  least-significant first. Tasks whose steps copy terms from far back in the prompt did not train
-  (``NOTES.md``). Echoing the start makes the first step the same operation as every other one
-  (without the echo, most errors were on the first step).
-* **A 13-character alphabet** (digits, ``=``, ``;``, ``#``): a 1M-parameter model learns it in
-  minutes on a CPU, and learns it only partly, which leaves reinforcement learning room.
+Measured here: after 1500 steps of supervised warm-up, a 1M-parameter Qwen2 wrote a correct
+trajectory about 74% of the time at temperature 1 but gave the right step count only 18% of the
+time (31% greedy): counting 10 to 100 separators is beyond it, and most wrong answers followed a
+correct chain. Echoing the start makes the first step the same operation as every later one.
 """
 
 from __future__ import annotations
@@ -133,5 +128,5 @@ class CollatzTask(Task):
 
 @register_task("collatz")
 def make_collatz() -> Task:
-    """The demo task with its defaults: starts 2..1000, responses up to 500 characters, echo."""
+    """Collatz with its defaults: starts 2..1000, responses up to 500 characters, echo."""
     return CollatzTask()
