@@ -134,9 +134,8 @@ class Trainer:
     def _reward(self, active: list[Slot]) -> tuple[torch.Tensor, int]:
         """Scores ``Tensor[B]``: the outcome reward of finished slots, 0 for unfinished ones."""
         finished = [i for i, slot in enumerate(active) if slot.finished]
-        texts = [
-            self.models.tokenizer.decode(active[i].response_ids, skip_special_tokens=True) for i in finished
-        ]
+        decode = self.models.tokenizer.decode
+        texts = [str(decode(active[i].response_ids, skip_special_tokens=True)) for i in finished]
         result = score_responses(self.reward_fn, texts, [active[i].prompt.ground_truth for i in finished])
         scores = torch.zeros(len(active), dtype=torch.float32)
         truncated_reward = self.config.algorithm.truncated_reward
