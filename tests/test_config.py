@@ -85,3 +85,12 @@ def test_shipped_configs_load():
     # the baseline differs from T-PPO only in the window
     tppo.rollout.window_length = ppo.rollout.window_length
     assert to_dict(tppo) == to_dict(ppo)
+
+
+def test_cli_refuses_a_bad_key_before_loading_anything(tmp_path, capsys):
+    from tppo.cli import main
+
+    assert main(["train", "--output-dir", str(tmp_path / "run"), "rollout.window_lenght=8"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'rollout.window_lenght'" in err and "rollout.window_length" in err
+    assert not (tmp_path / "run").exists()
