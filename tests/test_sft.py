@@ -212,3 +212,23 @@ def test_tiny_run_lowers_the_loss_and_writes_a_checkpoint(tmp_path: Path) -> Non
     reloaded = AutoModelForCausalLM.from_pretrained(again)
     for a, b in zip(model.parameters(), reloaded.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_committed_demo_base() -> None:
+    base = Path(__file__).resolve().parents[1] / "tppo" / "assets" / "demo_base"
+    metrics = json.loads((base / "sft_metrics.json").read_text())
+    assert metrics["config"]["task"] == "lcg"
+    assert 0.2 <= metrics["evaluations"]["temperature_1"]["accuracy"] <= 0.5
+    assert metrics["evaluations"]["greedy"]["accuracy"] >= 0.9
+    model = AutoModelForCausalLM.from_pretrained(base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    task = get_task("lcg")
+    reference = build_char_tokenizer(task.alphabet)  # type: ignore[attr-defined]
+    assert tokenizer.get_vocab() == reference.get_vocab() and len(tokenizer) == model.config.vocab_size
+    assert model.config.tie_word_embeddings and model.config.eos_token_id == tokenizer.eos_token_id
+    # Greedy decoding solves short held-out prompts (the base's errors are sampling noise).
+    examples = [task.example(x, k) for x, k in zip(task.starts[::50], range(1, 17), strict=False)]
+    result = evaluate_accuracy(
+        model, tokenizer, task, examples, temperature=0.0, max_new_tokens=128, batch_size=16, seed=0
+    )
+    assert result["accuracy"] >= 15 / 16, result["responses"]

@@ -2,8 +2,10 @@
 
 This makes the base model that reinforcement learning starts from (``tppo/assets/demo_base/``).
 Training is deterministic for a given config: the seed fixes the initial weights and the data order;
-with a step budget (``max_steps``) the run is reproducible up to CPU floating-point differences
-(which differ between thread counts and machines). The defaults are the committed base's recipe.
+with a step budget (``max_steps``) the run is reproducible (1 and 2 threads gave bit-identical
+weights on the machine the base was made on; other CPUs may differ in the last bits, and a
+``max_seconds`` budget depends on the machine's speed). The defaults are the committed base's
+recipe.
 
 Usage::
 
