@@ -10,8 +10,8 @@ import random
 
 import pytest
 
-from tppo.tasks import TASKS, Example, get_task
-from tppo.tasks.collatz import ALPHABET, CollatzTask, extract_answer
+from tppo.tasks import TASKS, Example, extract_answer, get_task
+from tppo.tasks.collatz import ALPHABET, CollatzTask
 from tppo.tasks.lcg import ALPHABET as LCG_ALPHABET
 from tppo.tasks.lcg import LcgTask
 

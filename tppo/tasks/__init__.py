@@ -46,6 +46,32 @@ class Task(abc.ABC):
         return [self.sample(rng) for _ in range(n)]
 
 
+EOS_STRING = "<eos>"
+"""The character tokenizer's end-of-sequence token, ignored at the end of a response."""
+
+
+def extract_answer(response: str) -> str | None:
+    """The text after the last ``#`` of ``response`` (trailing EOS strings and whitespace removed),
+    or ``None`` when there is no ``#``."""
+    text = response.strip()
+    while text.endswith(EOS_STRING):
+        text = text[: -len(EOS_STRING)].rstrip()
+    if "#" not in text:
+        return None
+    return text.rsplit("#", 1)[1]
+
+
+def final_answer_reward(response: str, ground_truth: str) -> float:
+    """1.0 iff the text after the last ``#`` equals ``ground_truth`` exactly, else 0.0.
+
+    Only the final answer is checked (an outcome reward, paper eq. 7). A response with no ``#``
+    (for instance one truncated at the maximum length) scores 0.0; a trailing ``<eos>`` string
+    is ignored.
+    """
+    answer = extract_answer(response)
+    return 1.0 if answer is not None and answer == ground_truth.strip() else 0.0
+
+
 TASKS: dict[str, Callable[[], Task]] = {}
 
 

@@ -26,10 +26,9 @@ from __future__ import annotations
 import math
 import random
 
-from tppo.tasks import Example, Task, register_task
+from tppo.tasks import Example, Task, final_answer_reward, register_task
 
 ALPHABET = "0123456789=;#"
-EOS_STRING = "<eos>"
 
 
 def to_lsd(n: int) -> str:
@@ -59,17 +58,6 @@ def collatz_trajectory(start: int) -> list[int]:
     while trajectory[-1] != 1:
         trajectory.append(collatz_step(trajectory[-1]))
     return trajectory
-
-
-def extract_answer(response: str) -> str | None:
-    """The text after the last ``#`` of ``response`` (trailing EOS strings and whitespace removed),
-    or ``None`` when there is no ``#``."""
-    text = response.strip()
-    while text.endswith(EOS_STRING):
-        text = text[: -len(EOS_STRING)].rstrip()
-    if "#" not in text:
-        return None
-    return text.rsplit("#", 1)[1]
 
 
 class CollatzTask(Task):
@@ -116,14 +104,8 @@ class CollatzTask(Task):
         raise RuntimeError("no start found within max_response_chars; raise the cap")
 
     def reward(self, response: str, ground_truth: str) -> float:
-        """1.0 iff the text after the last ``#`` equals ``ground_truth`` exactly, else 0.0.
-
-        Only the final answer is checked (an outcome reward, paper eq. 7). A response with no
-        ``#`` (for instance one truncated at the maximum length) scores 0.0; a trailing
-        ``<eos>`` string is ignored.
-        """
-        answer = extract_answer(response)
-        return 1.0 if answer is not None and answer == ground_truth.strip() else 0.0
+        """1.0 iff the final answer (after the last ``#``) is right: :func:`final_answer_reward`."""
+        return final_answer_reward(response, ground_truth)
 
 
 @register_task("collatz")

@@ -46,10 +46,9 @@ import math
 import random
 from collections.abc import Callable
 
-from tppo.tasks import Example, Task, register_task
+from tppo.tasks import Example, Task, final_answer_reward, register_task
 
 ALPHABET = "0123456789:;=#"
-EOS_STRING = "<eos>"
 COUNTER_DIGITS = 2
 
 
@@ -58,17 +57,6 @@ def to_lsd(n: int, width: int) -> str:
     if not 0 <= n < 10**width:
         raise ValueError(f"{n} does not fit in {width} digits")
     return str(n).zfill(width)[::-1]
-
-
-def extract_answer(response: str) -> str | None:
-    """The text after the last ``#`` of ``response`` (trailing EOS strings and whitespace removed),
-    or ``None`` when there is no ``#``."""
-    text = response.strip()
-    while text.endswith(EOS_STRING):
-        text = text[: -len(EOS_STRING)].rstrip()
-    if "#" not in text:
-        return None
-    return text.rsplit("#", 1)[1]
 
 
 def cycle_length(step: Callable[[int], int], x: int, limit: int) -> int:
@@ -130,14 +118,8 @@ class LcgTask(Task):
         return self.example(rng.choice(self.starts), min(self.max_steps, max(1, k)))
 
     def reward(self, response: str, ground_truth: str) -> float:
-        """1.0 iff the text after the last ``#`` equals ``ground_truth`` exactly, else 0.0.
-
-        Only the final answer is checked (an outcome reward, paper eq. 7). A response with no
-        ``#`` (for instance one truncated at the maximum length) scores 0.0; a trailing
-        ``<eos>`` string is ignored.
-        """
-        answer = extract_answer(response)
-        return 1.0 if answer is not None and answer == ground_truth.strip() else 0.0
+        """1.0 iff the final answer (after the last ``#``) is right: :func:`final_answer_reward`."""
+        return final_answer_reward(response, ground_truth)
 
 
 @register_task("lcg")
