@@ -94,3 +94,12 @@ def test_cli_refuses_a_bad_key_before_loading_anything(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown config key 'rollout.window_lenght'" in err and "rollout.window_length" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_hands_sft_flags_to_the_sft_parser(capsys):
+    from tppo.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sft", "--help"])
+    assert exit_info.value.code == 0
+    assert "--output-dir" in capsys.readouterr().out

@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sft"]:  # its own flags (--help included) belong to tppo.sft's parser
+        from tppo import sft
+
+        return sft.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
