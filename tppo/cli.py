@@ -41,12 +41,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sft(args: argparse.Namespace) -> int:
-    from tppo import sft
-
-    return sft.main(args.sft_args)
-
-
 def _plot(args: argparse.Namespace) -> int:
     from tppo.plotting import plot_runs
 
@@ -66,9 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. rollout.window_length=64")
     train.set_defaults(func=_train)
 
-    sft = sub.add_parser("sft", help="supervised warm-up of the demo base model", add_help=False)
-    sft.add_argument("sft_args", nargs=argparse.REMAINDER)
-    sft.set_defaults(func=_sft)
+    # Listed for `tppo --help`; `main` hands `tppo sft ...` to tppo.sft's own parser.
+    sub.add_parser("sft", help="supervised warm-up of the demo base model (tppo sft --help)")
 
     plot = sub.add_parser("plot", help="plot accuracy and reward vs wall-clock of one or more runs")
     plot.add_argument("run_dirs", nargs="+")
