@@ -377,7 +377,7 @@ def test_registry_registers_a_new_estimator():
 
         assert get_advantage_estimator(name) is zero
     finally:
-        ADVANTAGE_ESTIMATORS.pop(name, None)
+        ADVANTAGE_ESTIMATORS.remove(name)
 
 
 def test_registry_unknown_name_names_the_registered_ones():

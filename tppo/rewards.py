@@ -11,25 +11,20 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from tppo.registry import Registry
 from tppo.tasks import get_task
 
 log = logging.getLogger(__name__)
 
 RewardFn = Callable[[str, str], float]
 
-REWARDS: dict[str, Callable[[], RewardFn]] = {}
+REWARDS: Registry[Callable[[], RewardFn]] = Registry("reward")
+"""Factories of reward functions by name; ``reward.name`` (or ``data.reward``) picks one."""
 
 
 def register_reward(name: str) -> Callable[[Callable[[], RewardFn]], Callable[[], RewardFn]]:
     """Register a factory of a reward function under ``name``."""
-
-    def decorator(factory: Callable[[], RewardFn]) -> Callable[[], RewardFn]:
-        if name in REWARDS:
-            raise ValueError(f"a reward named {name!r} is already registered")
-        REWARDS[name] = factory
-        return factory
-
-    return decorator
+    return REWARDS.register(name)
 
 
 def get_reward(name: str) -> RewardFn:
@@ -44,9 +39,7 @@ def get_reward(name: str) -> RewardFn:
         if not callable(function):
             raise ValueError(f"reward {name!r}: {module_name} has no callable {function_name!r}")
         return function
-    raise KeyError(
-        f"unknown reward {name!r}; registered: {sorted(REWARDS)}, or task:<name>, or module:function"
-    )
+    raise KeyError(f"{REWARDS.unknown_message(name)}; or task:<name>, or module:function")
 
 
 @dataclass

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from tppo.algorithms.masks import check_is_finished, prefix_lengths
 from tppo.algorithms.stats import float_dtype
+from tppo.registry import Registry
 
 
 class AdvantageEstimator(Protocol):
@@ -38,29 +39,18 @@ class AdvantageEstimator(Protocol):
 
 EstimatorT = TypeVar("EstimatorT", bound=AdvantageEstimator)
 
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
 """Advantage estimators by name; add one with :func:`register_advantage_estimator`."""
 
 
 def register_advantage_estimator(name: str) -> Callable[[EstimatorT], EstimatorT]:
     """Decorator: register an estimator under ``name``; raises ValueError if the name is taken."""
-
-    def register(fn: EstimatorT) -> EstimatorT:
-        if name in ADVANTAGE_ESTIMATORS:
-            raise ValueError(f"advantage estimator {name!r} is already registered")
-        ADVANTAGE_ESTIMATORS[name] = fn
-        return fn
-
-    return register
+    return ADVANTAGE_ESTIMATORS.register(name)
 
 
 def get_advantage_estimator(name: str) -> AdvantageEstimator:
     """The estimator registered under ``name``; raises KeyError naming the registered ones."""
-    try:
-        return ADVANTAGE_ESTIMATORS[name]
-    except KeyError:
-        known = ", ".join(sorted(ADVANTAGE_ESTIMATORS))
-        raise KeyError(f"unknown advantage estimator {name!r}; registered: {known}") from None
+    return ADVANTAGE_ESTIMATORS.get(name)
 
 
 def _check_discount(**factors: float) -> None:

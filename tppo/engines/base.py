@@ -14,9 +14,11 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
+
+from tppo.registry import Registry
 
 FinishReason = Literal["stop", "length"]
 """``stop``: the row emitted an end-of-sequence token (kept as its last token);
@@ -125,22 +127,16 @@ class Engine(abc.ABC):
         return stats
 
 
-ENGINES: dict[str, Callable[..., Engine]] = {}
+EngineT = TypeVar("EngineT", bound="Engine")
+
+ENGINES: Registry[Callable[..., Engine]] = Registry("rollout engine")
+"""Engines by name; ``rollout.engine`` in the config picks one."""
 
 
-def register_engine(name: str) -> Callable[[Callable[..., Engine]], Callable[..., Engine]]:
+def register_engine(name: str) -> Callable[[type[EngineT]], type[EngineT]]:
     """Class decorator: make an engine selectable as ``rollout.engine: <name>``."""
-
-    def decorator(factory: Callable[..., Engine]) -> Callable[..., Engine]:
-        if name in ENGINES:
-            raise ValueError(f"an engine named {name!r} is already registered")
-        ENGINES[name] = factory
-        return factory
-
-    return decorator
+    return ENGINES.register(name)
 
 
 def get_engine_factory(name: str) -> Callable[..., Engine]:
-    if name not in ENGINES:
-        raise KeyError(f"unknown rollout engine {name!r}; registered engines: {sorted(ENGINES)}")
-    return ENGINES[name]
+    return ENGINES.get(name)

@@ -11,6 +11,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tppo.registry import Registry
+
 
 @dataclass(frozen=True)
 class Example:
@@ -72,23 +74,16 @@ def final_answer_reward(response: str, ground_truth: str) -> float:
     return 1.0 if answer is not None and answer == ground_truth.strip() else 0.0
 
 
-TASKS: dict[str, Callable[[], Task]] = {}
+TASKS: Registry[Callable[[], Task]] = Registry("task")
+"""Task factories by name; ``data.task`` picks one."""
 
 
 def register_task(name: str) -> Callable[[Callable[[], Task]], Callable[[], Task]]:
-    def decorator(factory: Callable[[], Task]) -> Callable[[], Task]:
-        if name in TASKS:
-            raise ValueError(f"a task named {name!r} is already registered")
-        TASKS[name] = factory
-        return factory
-
-    return decorator
+    return TASKS.register(name)
 
 
 def get_task(name: str) -> Task:
-    if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(TASKS)}")
-    return TASKS[name]()
+    return TASKS.get(name)()
 
 
 # Built-in tasks register themselves on import (kept at the bottom: they import the names above).
