@@ -106,3 +106,24 @@ def test_cli_train_writes_config_metrics_tensorboard_checkpoints_and_plot(tmp_pa
     # a second run into the same directory is refused rather than appended to
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_learning_rates_follow_the_schedule_step_by_step(tmp_path):
+    overrides = [
+        *SMALL,
+        "trainer.total_steps=5",
+        "optim.warmup_steps=1",
+        "optim.lr_schedule=linear",
+        "optim.min_lr_ratio=0.2",
+        "optim.actor_lr=1e-3",
+        "optim.critic_lr=2e-3",
+    ]
+    trainer = Trainer(load_config(None, overrides), tmp_path)
+    factors = []
+    for _ in range(3):
+        metrics = trainer.train_step()
+        factors.append(metrics["optim/lr_factor"])
+        assert trainer.actor_optim.param_groups[0]["lr"] == pytest.approx(1e-3 * factors[-1])
+        assert trainer.critic_optim.param_groups[0]["lr"] == pytest.approx(2e-3 * factors[-1])
+    # step 0 warms up (1 / 1), then linear over the 4 steps after it: 1.0, 0.8
+    assert factors == pytest.approx([1.0, 1.0, 0.8])

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from tppo.schedules import LRSchedule
+
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key."""
@@ -155,7 +157,11 @@ class OptimConfig:
         weight_decay: AdamW weight decay of both.
         eps: AdamW epsilon.
         max_grad_norm: gradient-norm clip per update (``None``: off).
-        warmup_steps: linear learning-rate warm-up, in optimizer steps of each model.
+        warmup_steps: linear learning-rate warm-up over the first this-many training steps.
+        lr_schedule: after the warm-up, ``constant``, or ``linear`` / ``cosine`` decay to
+            ``min_lr_ratio`` times the base rate at the end of the run (``trainer.total_steps``
+            or ``trainer.max_wall_seconds``, whichever comes first).
+        min_lr_ratio: the final learning rate as a fraction of the base rate (decaying schedules).
     """
 
     actor_lr: float = 1e-6
@@ -165,6 +171,8 @@ class OptimConfig:
     eps: float = 1e-8
     max_grad_norm: float | None = 1.0
     warmup_steps: int = 0
+    lr_schedule: LRSchedule = "constant"
+    min_lr_ratio: float = 0.0
 
 
 @dataclass
@@ -246,6 +254,9 @@ class TPPOConfig:
         )
         _require(self.trainer.total_steps >= 0, "trainer.total_steps", "must be >= 0")
         _require(self.trainer.eval_every >= 0, "trainer.eval_every", "must be >= 0")
+        o = self.optim
+        _require(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
         _require(self.data.train_size > 0, "data.train_size", "must be > 0")
         _require(self.data.eval_size >= 0, "data.eval_size", "must be >= 0")
         _require(
@@ -300,6 +311,13 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {hint}")
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint_text = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{hint_text}")
+        return value
     if origin is tuple:
         args = typing.get_args(hint)
         if not isinstance(value, list | tuple) or len(value) != len(args):

@@ -40,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from tppo.schedules import lr_multiplier, run_progress
 from tppo.tasks import Example, Task, get_task
 from tppo.tasks.char_tokenizer import build_char_tokenizer
 from tppo.tasks.tiny_model import build_tiny_qwen2
@@ -180,17 +181,16 @@ def learning_rate(config: SFTConfig, step: int, elapsed: float) -> float:
     Progress through the cosine is the larger of ``step / max_steps`` and
     ``elapsed / max_seconds`` (whichever budgets are set).
     """
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    fractions = []
-    if config.max_steps is not None:
-        span = max(1, config.max_steps - config.warmup_steps)
-        fractions.append((step - config.warmup_steps) / span)
-    if config.max_seconds is not None:
-        fractions.append(elapsed / config.max_seconds)
-    progress = min(1.0, max(fractions))
-    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+    progress = run_progress(
+        step,
+        warmup_steps=config.warmup_steps,
+        total_steps=config.max_steps,
+        elapsed_s=elapsed,
+        max_seconds=config.max_seconds,
+    )
+    return config.lr * lr_multiplier(
+        step, warmup_steps=config.warmup_steps, progress=progress, min_ratio=config.min_lr_ratio
+    )
 
 
 def response_loss(

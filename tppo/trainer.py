@@ -37,6 +37,7 @@ from tppo.rewards import score_responses
 from tppo.rollout.batch import RolloutBatch, collate, pack_rows
 from tppo.rollout.prompts import PromptStream
 from tppo.rollout.slot_pool import Slot, SlotPool
+from tppo.schedules import lr_multiplier, run_progress
 from tppo.update import UpdateSchedule, actor_loss_fn, critic_loss_fn, run_update
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,6 @@ class Trainer:
         self.engine = build_engine(config, self.models)
         self.actor_optim = build_optimizer(self.models.policy, config.optim.actor_lr, config)
         self.critic_optim = build_optimizer(self.models.value, config.optim.critic_lr, config)
-        self.actor_sched = _warmup(self.actor_optim, config.optim.warmup_steps)
-        self.critic_sched = _warmup(self.critic_optim, config.optim.warmup_steps)
         self.update_generator = torch.Generator().manual_seed(config.trainer.seed)
         self.step = 0
         self.train_seconds = 0.0
@@ -114,6 +113,7 @@ class Trainer:
             self._score(batch)
         with timer("estimate"):
             self._estimate(batch, scores, step)
+        lr_factor = self._set_learning_rates()
         with timer("actor"):
             actor = self._update_actor(batch)
         with timer("critic"):
@@ -124,6 +124,7 @@ class Trainer:
         metrics.update(timer.as_metrics())
         metrics["time/step_s"] = sum(timer.seconds.values())
         metrics["reward/errors"] = reward_errors
+        metrics["optim/lr_factor"] = lr_factor
         return metrics
 
     def _generate(self, step: int, active: list[Slot]) -> None:
@@ -196,6 +197,28 @@ class Trainer:
         per_token["returns"] = monte_carlo_returns(rewards, batch.response_mask, gamma=a.gamma)
         per_token["policy_mask"], per_token["value_mask"] = masks.policy_mask, masks.value_mask
 
+    def _set_learning_rates(self) -> float:
+        """Both optimizers' rates for this step, from the schedule; returns the factor used."""
+        o, t = self.config.optim, self.config.trainer
+        progress = run_progress(
+            self.step,
+            warmup_steps=o.warmup_steps,
+            total_steps=t.total_steps,
+            elapsed_s=self.train_seconds,
+            max_seconds=t.max_wall_seconds,
+        )
+        factor = lr_multiplier(
+            self.step,
+            warmup_steps=o.warmup_steps,
+            progress=progress,
+            schedule=o.lr_schedule,
+            min_ratio=o.min_lr_ratio,
+        )
+        for optimizer, base in ((self.actor_optim, o.actor_lr), (self.critic_optim, o.critic_lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = base * factor
+        return factor
+
     def _update_actor(self, batch: RolloutBatch) -> dict[str, float]:
         """The clipped policy update on this window's tokens (none during critic warm-up)."""
         if self.step < self.config.trainer.critic_warmup_steps:
@@ -215,7 +238,6 @@ class Trainer:
             loss_fn=loss_fn,
             schedule=self._schedule(),
             generator=self.update_generator,
-            scheduler=self.actor_sched,
         )
 
     def _update_critic(self, batch: RolloutBatch) -> dict[str, float]:
@@ -230,7 +252,6 @@ class Trainer:
             loss_fn=loss_fn,
             schedule=self._schedule(),
             generator=self.update_generator,
-            scheduler=self.critic_sched,
         )
 
     def _schedule(self) -> UpdateSchedule:
@@ -376,12 +397,6 @@ def _stitch(packs: list[torch.Tensor], pieces: list[torch.Tensor], like: torch.T
     for rows, piece in zip(packs, pieces, strict=True):
         out[rows, : piece.shape[1]] = piece
     return out
-
-
-def _warmup(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
-    if steps <= 0:
-        return None
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: min(1.0, (n + 1) / steps))
 
 
 def _headline(metrics: dict[str, Any], last_eval: float | None) -> dict[str, str]:

@@ -1,0 +1,51 @@
+"""Learning-rate schedules as pure functions of the step and of the progress through the run."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+LRSchedule = Literal["constant", "linear", "cosine"]
+
+
+def lr_multiplier(
+    step: int,
+    *,
+    warmup_steps: int,
+    progress: float,
+    schedule: LRSchedule = "cosine",
+    min_ratio: float = 0.0,
+) -> float:
+    """The factor on the base learning rate at ``step`` (0-based).
+
+    A linear warm-up from ``1 / warmup_steps`` to 1 over the first ``warmup_steps`` steps, then
+    ``schedule`` from 1 down to ``min_ratio`` as ``progress`` (the fraction of the run after the
+    warm-up, clamped to [0, 1]) goes from 0 to 1.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    p = min(1.0, max(0.0, progress))
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return min_ratio + (1.0 - min_ratio) * (1.0 - p)
+    if schedule == "cosine":
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; use constant, linear or cosine")
+
+
+def run_progress(
+    step: int,
+    *,
+    warmup_steps: int,
+    total_steps: int | None,
+    elapsed_s: float = 0.0,
+    max_seconds: float | None = None,
+) -> float:
+    """How far a run is after its warm-up: the larger of its step and wall-clock fractions."""
+    fractions = [0.0]
+    if total_steps is not None:
+        fractions.append((step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if max_seconds is not None:
+        fractions.append(elapsed_s / max_seconds)
+    return min(1.0, max(fractions))
