@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from tppo.schedules import lr_multiplier, run_progress
+from tppo.schedules import expected_total_steps, lr_multiplier, run_progress
 
 
 def test_warmup_is_linear_from_one_step_to_full_rate() -> None:
@@ -43,3 +43,12 @@ def test_progress_is_the_larger_of_step_and_wall_clock_fractions() -> None:
     assert run_progress(50, warmup_steps=0, total_steps=10) == 1.0
     assert run_progress(0, warmup_steps=3, total_steps=10) == 0.0  # still warming up
     assert run_progress(3, warmup_steps=0, total_steps=None) == 0.0
+
+
+def test_expected_total_steps_follows_the_wall_clock_budget() -> None:
+    assert expected_total_steps(10, total_steps=1000, elapsed_s=100.0, max_seconds=None) == 1000
+    assert expected_total_steps(10, total_steps=1000, elapsed_s=100.0, max_seconds=420.0) == 42
+    assert expected_total_steps(10, total_steps=30, elapsed_s=100.0, max_seconds=420.0) == 30
+    assert expected_total_steps(0, total_steps=30, elapsed_s=0.0, max_seconds=420.0) == 30
+    # past the budget: never shorter than what is done
+    assert expected_total_steps(10, total_steps=1000, elapsed_s=500.0, max_seconds=420.0) == 10

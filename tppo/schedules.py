@@ -49,3 +49,11 @@ def run_progress(
     if max_seconds is not None:
         fractions.append(elapsed_s / max_seconds)
     return min(1.0, max(fractions))
+
+
+def expected_total_steps(step: int, *, total_steps: int, elapsed_s: float, max_seconds: float | None) -> int:
+    """The step count a run will reach: ``total_steps``, or fewer if the wall-clock budget ends it
+    first at the pace so far (for the progress bar's length and its time estimate)."""
+    if max_seconds is None or step <= 0 or elapsed_s <= 0:
+        return total_steps
+    return max(step, min(total_steps, math.ceil(step * max_seconds / elapsed_s)))

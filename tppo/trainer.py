@@ -37,7 +37,7 @@ from tppo.rewards import score_responses
 from tppo.rollout.batch import RolloutBatch, collate, pack_rows
 from tppo.rollout.prompts import PromptStream
 from tppo.rollout.slot_pool import Slot, SlotPool
-from tppo.schedules import lr_multiplier, run_progress
+from tppo.schedules import expected_total_steps, lr_multiplier, run_progress
 from tppo.update import UpdateSchedule, actor_loss_fn, critic_loss_fn, run_update
 
 log = logging.getLogger(__name__)
@@ -349,6 +349,12 @@ class Trainer:
                 history.append(metrics)
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     self.save(self.output_dir / "checkpoints" / f"step_{self.step}")
+                bar.total = expected_total_steps(
+                    self.step,
+                    total_steps=t.total_steps,
+                    elapsed_s=self.train_seconds,
+                    max_seconds=t.max_wall_seconds,
+                )
                 bar.update(1)
                 bar.set_postfix(_headline(metrics, last_eval))
         finally:
