@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -56,7 +56,9 @@ class DataConfig:
         eval_size: held-out prompts used for ``eval/accuracy``.
         eval_seed: seed of the held-out draws.
         shuffle: shuffle the prompt order every epoch.
-        max_prompt_length: prompts longer than this (in tokens) are an error.
+        max_prompt_length: the longest prompt (in tokens) the run takes.
+        overlong_prompts: what a longer prompt is: ``error`` (naming it) or ``skip`` (left out,
+            counted in the log and as ``data/skipped_prompts``).
     """
 
     task: str = "lcg"
@@ -65,6 +67,7 @@ class DataConfig:
     eval_seed: int = 10_000
     shuffle: bool = True
     max_prompt_length: int = 64
+    overlong_prompts: Literal["error", "skip"] = "error"
 
 
 @dataclass
@@ -184,7 +187,19 @@ class TrainerConfig:
         max_wall_seconds: stop after this much training wall-clock (``None``: no limit).
         eval_every: evaluate every this-many steps (and at step 0 and the end); 0: never.
         seed: seed of the prompt order, sampling and initialisation.
-        checkpoint_every: save policy and value every this-many steps (0: only at the end).
+        checkpoint_every: write a checkpoint every this-many steps (0: only at the end), and on
+            SIGTERM/SIGINT. A checkpoint (``checkpoints/step_N/``) holds policy and value in
+            Hugging Face format, both optimizers, the slot pool (unfinished responses included),
+            the prompt stream position, every RNG state and the metrics position: ``tppo train``
+            into the same output directory continues the run exactly from the newest one.
+        keep_checkpoints: keep the newest this-many checkpoints (0: keep all).
+        max_consecutive_bad_updates: a non-finite loss or gradient skips that optimizer step (and
+            is counted as ``actor/skipped_updates`` / ``critic/skipped_updates``); when a model's
+            updates were all skipped in this many consecutive steps, training stops with an error,
+            the last good checkpoint left as it is.
+        reward_timeout_s: the reward function runs in a separate worker process and a response it
+            has not scored after this many seconds scores 0 (counted as ``reward/timeouts``; the
+            worker is restarted). ``None``: score in the trainer's process, without a time limit.
         critic_warmup_steps: the first this-many steps train the value model only (the policy
             is left as it is while the critic learns what states are worth).
         num_threads: torch CPU threads (``None``: torch's default).
@@ -197,6 +212,9 @@ class TrainerConfig:
     eval_every: int = 10
     seed: int = 0
     checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    max_consecutive_bad_updates: int = 3
+    reward_timeout_s: float | None = 30.0
     critic_warmup_steps: int = 0
     num_threads: int | None = None
     progress: bool = True
@@ -254,6 +272,15 @@ class TPPOConfig:
         )
         _require(self.trainer.total_steps >= 0, "trainer.total_steps", "must be >= 0")
         _require(self.trainer.eval_every >= 0, "trainer.eval_every", "must be >= 0")
+        t = self.trainer
+        _require(t.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0")
+        _require(t.keep_checkpoints >= 0, "trainer.keep_checkpoints", "must be >= 0 (0: keep all)")
+        _require(t.max_consecutive_bad_updates > 0, "trainer.max_consecutive_bad_updates", "must be > 0")
+        _require(
+            t.reward_timeout_s is None or t.reward_timeout_s > 0,
+            "trainer.reward_timeout_s",
+            f"must be > 0 or null, got {t.reward_timeout_s}",
+        )
         o = self.optim
         _require(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
         _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")

@@ -1,15 +1,20 @@
 """Outcome rewards: ``(response text, ground truth) -> float``, registered by name.
 
 A reward function that raises scores 0 and is counted (``reward/errors``), so one bad response
-never stops training.
+never stops training; :class:`RewardScorer` also runs it in a worker process with a time limit
+(a hung verifier scores 0, counted as ``reward/timeouts``).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import multiprocessing
+import pickle
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from tppo.registry import Registry
 from tppo.tasks import get_task
@@ -46,6 +51,9 @@ def get_reward(name: str) -> RewardFn:
 class ScoredBatch:
     scores: list[float]
     errors: int
+    """responses whose reward function raised (scored 0)."""
+    timeouts: int = 0
+    """responses not scored within the time limit (scored 0)."""
 
 
 def score_responses(
@@ -61,3 +69,110 @@ def score_responses(
             scores.append(0.0)
             errors += 1
     return ScoredBatch(scores, errors)
+
+
+class RewardScorer:
+    """Scores responses in a separate worker process, each within ``timeout_s`` seconds.
+
+    A reward function that raises scores 0 (``errors``); one that has not answered after
+    ``timeout_s`` seconds scores 0 (``timeouts``), and its worker is killed and started again for
+    the rest of the batch, so a hung verifier never stops training. ``timeout_s=None`` scores in
+    this process (no isolation, no time limit). The worker starts on first use (``spawn``: the
+    reward function must be importable by name, as tasks' and registered rewards are; one that is
+    not is scored in this process, with a warning).
+    """
+
+    def __init__(self, reward_fn: RewardFn, *, timeout_s: float | None) -> None:
+        self.reward_fn, self.timeout_s = reward_fn, timeout_s
+        self._process: Any = None
+        self._conn: Any = None
+        self._in_process = timeout_s is None
+        if not self._in_process:
+            try:
+                pickle.dumps(reward_fn)
+            except Exception as error:
+                log.warning(
+                    "reward function %r cannot be sent to a worker process (%s): scoring in this "
+                    "process, without the %s s time limit",
+                    reward_fn,
+                    error,
+                    timeout_s,
+                )
+                self._in_process = True
+
+    def __call__(self, responses: Sequence[str], ground_truths: Sequence[str]) -> ScoredBatch:
+        if len(responses) != len(ground_truths):
+            raise ValueError(f"{len(responses)} responses but {len(ground_truths)} ground truths")
+        if self._in_process:
+            return score_responses(self.reward_fn, responses, ground_truths)
+        scores: list[float] = []
+        errors = timeouts = 0
+        pending = list(zip(responses, ground_truths, strict=True))
+        while pending:
+            conn = self._worker()
+            conn.send(pending)
+            answered = 0
+            for response, _ in pending:
+                if not conn.poll(self.timeout_s):
+                    log.warning(
+                        "reward function gave no score within %s s (response %r...); scored 0, "
+                        "restarting the reward worker",
+                        self.timeout_s,
+                        response[:80],
+                    )
+                    self.close()
+                    scores.append(0.0)
+                    timeouts += 1
+                    answered += 1
+                    break
+                try:
+                    kind, value = conn.recv()
+                except (EOFError, OSError):  # the worker died (the reward function killed it)
+                    kind, value = "error", "the reward worker process died"
+                    self.close()
+                if kind == "error":
+                    log.warning("reward function raised %s; scored 0", value)
+                    errors += 1
+                scores.append(float(value) if kind == "ok" else 0.0)
+                answered += 1
+                if self._process is None:
+                    break
+            pending = pending[answered:]
+        return ScoredBatch(scores, errors, timeouts)
+
+    def _worker(self) -> Any:
+        if self._process is None or not self._process.is_alive():
+            self.close()
+            context = multiprocessing.get_context("spawn")
+            parent, child = context.Pipe()
+            self._process = context.Process(
+                target=_reward_worker, args=(child, self.reward_fn), daemon=True, name="tppo-reward"
+            )
+            self._process.start()
+            child.close()
+            self._conn = parent
+        return self._conn
+
+    def close(self) -> None:
+        """Stop the worker process (if any)."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.join(timeout=10)
+            self._conn.close()
+        self._process = self._conn = None
+
+
+def _reward_worker(conn: Any, reward_fn: RewardFn) -> None:
+    """Worker loop: receive a list of ``(response, ground_truth)``, send one ``("ok", score)`` or
+    ``("error", text)`` per item; exits when the trainer's end of the pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
+    while True:
+        try:
+            items = conn.recv()
+        except (EOFError, OSError):
+            return
+        for response, truth in items:
+            try:
+                conn.send(("ok", float(reward_fn(response, truth))))
+            except Exception as error:
+                conn.send(("error", f"{type(error).__name__}: {error}"))

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +30,28 @@ from tppo.algorithms import (
     outcome_rewards,
     select_tokens,
 )
-from tppo.config import TPPOConfig, save_config
+from tppo.checkpoint import (
+    CheckpointError,
+    config_changes,
+    latest_checkpoint,
+    load_model_weights,
+    read_training_state,
+    rng_state,
+    save_model,
+    set_rng_state,
+    truncate_lines,
+    write_checkpoint,
+    write_training_state,
+)
+from tppo.config import ConfigError, TPPOConfig, save_config, to_dict
 from tppo.data import build_task_data
 from tppo.engines import SamplingParams, get_engine_factory
 from tppo.engines.base import Engine
 from tppo.evaluation import EvalResult, evaluate
-from tppo.metrics import MetricsLogger, PhaseTimer
+from tppo.faults import crash_point
+from tppo.metrics import MetricsLogger, PhaseTimer, read_metrics
 from tppo.models import Models, load_models, response_log_probs, response_values
-from tppo.rewards import score_responses
+from tppo.rewards import RewardScorer
 from tppo.rollout.batch import RolloutBatch, collate, pack_rows
 from tppo.rollout.prompts import PromptStream
 from tppo.rollout.slot_pool import Slot, SlotPool
@@ -41,6 +59,11 @@ from tppo.schedules import expected_total_steps, lr_multiplier, run_progress
 from tppo.update import UpdateSchedule, actor_loss_fn, critic_loss_fn, run_update
 
 log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. non-finite updates in a row); the message says why and where
+    the last good checkpoint is."""
 
 
 def build_engine(config: TPPOConfig, models: Models) -> Engine:
@@ -74,6 +97,7 @@ class Trainer:
             config.data, self.models.tokenizer, seed=config.trainer.seed
         )
         self.reward_fn = self.task.reward
+        self.scorer = RewardScorer(self.reward_fn, timeout_s=config.trainer.reward_timeout_s)
         stream = PromptStream(
             train_rows,
             samples_per_prompt=config.rollout.samples_per_prompt,
@@ -94,57 +118,75 @@ class Trainer:
         self.update_generator = torch.Generator().manual_seed(config.trainer.seed)
         self.step = 0
         self.train_seconds = 0.0
+        self.bad_steps = {"actor": 0, "critic": 0}
+        """Consecutive steps in which all of a model's updates were skipped (non-finite)."""
+        self.stop_signal: int | None = None
+        """SIGTERM/SIGINT received: finish the step, write a checkpoint, stop."""
+        self.resumed_from: Path | None = None
+        self._metrics_rows = 0
+        self._checkpointed_step: int | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
 
     # ------------------------------------------------------------------ the step
     def train_step(self) -> dict[str, Any]:
         """One T-PPO step (Algorithm 1, lines 2-10); returns its metrics."""
         timer, step = PhaseTimer(), self.step
-        with timer("fill"):
+        with self._phase(timer, "fill"):
             new_prompts = self.pool.fill(step)
         active = self.pool.active()
-        with timer("sync"):
+        with self._phase(timer, "sync"):
             self.engine.update_weights(self.models.policy.named_parameters())
-        with timer("generate"):
+        with self._phase(timer, "generate"):
             self._generate(step, active)
-        with timer("reward"):
-            scores, reward_errors = self._reward(active)
+        with self._phase(timer, "reward"):
+            scores, reward_problems = self._reward(active)
         batch = collate(active, pad_token_id=self.models.pad_token_id).to(self.device)
-        with timer("score"):
+        with self._phase(timer, "score"):
             self._score(batch)
-        with timer("estimate"):
+        with self._phase(timer, "estimate"):
             self._estimate(batch, scores, step)
         lr_factor = self._set_learning_rates()
-        with timer("actor"):
+        with self._phase(timer, "actor"):
             actor = self._update_actor(batch)
-        with timer("critic"):
+        with self._phase(timer, "critic"):
             critic = self._update_critic(batch)
         retired = self.pool.retire()
         self.step += 1
         metrics = self._step_metrics(batch, retired, scores, new_prompts, actor, critic)
         metrics.update(timer.as_metrics())
         metrics["time/step_s"] = sum(timer.seconds.values())
-        metrics["reward/errors"] = reward_errors
+        metrics["reward/errors"], metrics["reward/timeouts"] = reward_problems
         metrics["optim/lr_factor"] = lr_factor
         return metrics
+
+    @contextmanager
+    def _phase(self, timer: PhaseTimer, name: str) -> Iterator[None]:
+        crash_point(name, self.step)
+        with timer(name):
+            yield
 
     def _generate(self, step: int, active: list[Slot]) -> None:
         prefixes, budgets = self.pool.requests()
         completions = self.engine.generate(prefixes, budgets, self.sampling)
         self.pool.record(step, completions, self.models.eos_token_ids)
 
-    def _reward(self, active: list[Slot]) -> tuple[torch.Tensor, int]:
-        """Scores ``Tensor[B]``: the outcome reward of finished slots, 0 for unfinished ones."""
+    def _reward(self, active: list[Slot]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Scores ``Tensor[B]``: the outcome reward of finished slots, 0 for unfinished ones; and
+        how many rewards raised and timed out (both scored 0)."""
         finished = [i for i, slot in enumerate(active) if slot.finished]
         decode = self.models.tokenizer.decode
         texts = [str(decode(active[i].response_ids, skip_special_tokens=True)) for i in finished]
-        result = score_responses(self.reward_fn, texts, [active[i].prompt.ground_truth for i in finished])
+        result = self.scorer(texts, [active[i].prompt.ground_truth for i in finished])
         scores = torch.zeros(len(active), dtype=torch.float32)
         truncated_reward = self.config.algorithm.truncated_reward
         for i, score in zip(finished, result.scores, strict=True):
             if truncated_reward is not None and active[i].finish == "max_length":
                 score = truncated_reward
             scores[i] = score
-        return scores.to(self.device), result.errors
+        return scores.to(self.device), (result.errors, result.timeouts)
 
     @torch.no_grad()
     def _score(self, batch: RolloutBatch) -> None:
@@ -326,18 +368,27 @@ class Trainer:
             self.engine.set_rng_state(state)
 
     def train(self) -> list[dict[str, Any]]:
-        """Run to ``trainer.total_steps`` (or the wall-clock budget); log, evaluate, save."""
+        """Run to ``trainer.total_steps`` (or the wall-clock budget); log, evaluate, checkpoint.
+
+        Returns every metrics row of the run (a resumed run's earlier rows included). On SIGTERM
+        or SIGINT the step in progress is finished, a checkpoint written, and ``stop_signal`` set;
+        a second signal abandons the step (the previous checkpoint stays the newest).
+        """
         t = self.config.trainer
         self.output_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.output_dir / "config.yaml")
-        logger = MetricsLogger(self.output_dir, tensorboard=t.tensorboard)
-        history: list[dict[str, Any]] = []
-        bar = tqdm(total=t.total_steps, disable=not t.progress, desc="tppo", dynamic_ncols=True)
+        purge = self.step if self.resumed_from is not None else None
+        logger = MetricsLogger(self.output_dir, tensorboard=t.tensorboard, purge_step=purge)
+        history = read_metrics(logger.path) if logger.rows else []
+        bar = tqdm(
+            total=t.total_steps, initial=self.step, disable=not t.progress, desc="tppo", dynamic_ncols=True
+        )
         last_eval: float | None = None
+        handlers = self._catch_stop_signals()
         try:
-            if self._eval_due(final=False):
+            if self.step == 0 and logger.rows == 0 and self._eval_due(final=False):
                 last_eval = self._log_eval(logger, history)
-            while self.step < t.total_steps and not self._out_of_time():
+            while self.step < t.total_steps and not self._out_of_time() and self.stop_signal is None:
                 start = time.perf_counter()
                 metrics = self.train_step()
                 self.train_seconds += time.perf_counter() - start
@@ -347,8 +398,10 @@ class Trainer:
                     last_eval = self._log_eval(logger, history, into=metrics)
                 logger.log(metrics)
                 history.append(metrics)
-                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                    self.save(self.output_dir / "checkpoints" / f"step_{self.step}")
+                crash_point("logged", self.step - 1)
+                self._check_bad_updates(metrics)
+                if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.stop_signal:
+                    self.save_checkpoint(logger)
                 bar.total = expected_total_steps(
                     self.step,
                     total_steps=t.total_steps,
@@ -357,11 +410,54 @@ class Trainer:
                 )
                 bar.update(1)
                 bar.set_postfix(_headline(metrics, last_eval))
+            if self.stop_signal is None:
+                self.save_checkpoint(logger)
         finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
             bar.close()
             logger.close()
-        self.save(self.output_dir / "final")
+            self.scorer.close()
+        if self.stop_signal is not None:
+            name = signal.Signals(self.stop_signal).name
+            log.warning("stopped by %s after step %d; resume with the same command", name, self.step)
+        else:
+            self.save(self.output_dir / "final")
         return history
+
+    def _catch_stop_signals(self) -> dict[int, Any]:
+        """SIGTERM/SIGINT -> :meth:`_on_stop_signal`; returns the previous handlers (none outside
+        the main thread, where Python cannot install them)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {s: signal.signal(s, self._on_stop_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.stop_signal is not None:
+            log.warning("%s again: abandoning step %d without a checkpoint", name, self.step)
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        log.warning("%s: finishing step %d, then writing a checkpoint and stopping", name, self.step)
+
+    def _check_bad_updates(self, metrics: dict[str, Any]) -> None:
+        """Count steps in which all of a model's updates were skipped as non-finite; raise
+        :class:`TrainingError` at ``trainer.max_consecutive_bad_updates`` in a row."""
+        limit = self.config.trainer.max_consecutive_bad_updates
+        for model in ("actor", "critic"):
+            updates = metrics.get(f"{model}/updates", 0.0)
+            skipped = metrics.get(f"{model}/skipped_updates", 0.0)
+            if updates and skipped == updates:
+                self.bad_steps[model] += 1
+            elif updates:
+                self.bad_steps[model] = 0
+            if self.bad_steps[model] >= limit:
+                last = latest_checkpoint(self.checkpoint_dir)
+                raise TrainingError(
+                    f"{model}: every update of the last {self.bad_steps[model]} steps had a non-finite "
+                    f"loss or gradient and was skipped (trainer.max_consecutive_bad_updates={limit}); "
+                    f"stopped at step {self.step}. Last good checkpoint: {last or 'none'}"
+                )
 
     def _eval_due(self, *, final: bool) -> bool:
         every = self.config.trainer.eval_every
@@ -391,9 +487,86 @@ class Trainer:
     def save(self, directory: Path) -> None:
         """Policy (with tokenizer) and value model in Hugging Face format (safetensors)."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.models.policy.save_pretrained(directory / "policy")
-        self.models.tokenizer.save_pretrained(directory / "policy")
-        self.models.value.save_pretrained(directory / "value")
+        save_model(self.models.policy, self.models.tokenizer, directory / "policy")
+        save_model(self.models.value, self.models.tokenizer, directory / "value")
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, logger: MetricsLogger) -> Path | None:
+        """Write ``checkpoints/step_N`` (see :mod:`tppo.checkpoint`); keep the newest
+        ``trainer.keep_checkpoints``. A failed write is logged, leaves the previous checkpoints as
+        they were, and returns ``None``: training goes on."""
+        if self._checkpointed_step == self.step:
+            return latest_checkpoint(self.checkpoint_dir)
+        bad = [n for n, w in self._all_parameters() if not bool(torch.isfinite(w).all())]
+        if bad:
+            log.error("not writing a checkpoint at step %d: non-finite weights (%s)", self.step, bad[:3])
+            return None
+        logger.sync()
+        self._metrics_rows = logger.rows
+        try:
+            path = write_checkpoint(
+                self.checkpoint_dir, self.step, self._write_state, keep=self.config.trainer.keep_checkpoints
+            )
+        except CheckpointError as error:
+            previous = latest_checkpoint(self.checkpoint_dir)
+            log.error("%s; the previous checkpoint (%s) is still the one to resume from", error, previous)
+            return None
+        self._checkpointed_step = self.step
+        log.info("checkpoint written: %s", path)
+        return path
+
+    def _all_parameters(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for prefix, model in (("policy", self.models.policy), ("value", self.models.value)):
+            for name, weight in model.named_parameters():
+                yield f"{prefix}.{name}", weight
+
+    def _write_state(self, directory: Path) -> None:
+        self.save(directory)
+        rng = rng_state({"update": self.update_generator})
+        rng["engine"] = self.engine.get_rng_state()
+        write_training_state(
+            directory,
+            optimizers={"actor": self.actor_optim, "critic": self.critic_optim},
+            rng=rng,
+            state={
+                "step": self.step,
+                "train_seconds": self.train_seconds,
+                "metrics_rows": self._metrics_rows,
+                "bad_steps": self.bad_steps,
+                "pool": self.pool.state_dict(),
+                "config": to_dict(self.config),
+            },
+        )
+
+    def resume(self, checkpoint: Path | None) -> None:
+        """Continue from ``checkpoint`` (verified by :func:`tppo.checkpoint.latest_checkpoint`):
+        weights, optimizers, slot pool, prompt stream, RNGs, step, wall-clock; ``metrics.jsonl``
+        is cut back to the rows the checkpoint had written. ``None``: start this run again from
+        step 0 in the same directory (its metrics are dropped)."""
+        metrics = self.output_dir / "metrics.jsonl"
+        if checkpoint is None:
+            truncate_lines(metrics, 0)
+            self.resumed_from = self.output_dir
+            return
+        optimizers, rng, state = read_training_state(checkpoint)
+        changes = config_changes(state["config"], to_dict(self.config))
+        if changes:
+            raise ConfigError(
+                f"cannot resume from {str(checkpoint)!r} with a different config: {'; '.join(changes)}"
+            )
+        load_model_weights(self.models.policy, checkpoint / "policy")
+        load_model_weights(self.models.value, checkpoint / "value")
+        self.actor_optim.load_state_dict(optimizers["actor"])
+        self.critic_optim.load_state_dict(optimizers["critic"])
+        self.pool.load_state_dict(state["pool"])
+        set_rng_state(rng, {"update": self.update_generator})
+        self.engine.set_rng_state(rng["engine"])
+        self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
+        self.bad_steps = dict(state["bad_steps"])
+        truncate_lines(metrics, int(state["metrics_rows"]))
+        self._metrics_rows = int(state["metrics_rows"])
+        self.resumed_from, self._checkpointed_step = checkpoint, self.step
+        log.warning("resumed from %s at step %d", checkpoint, self.step)
 
 
 def _stitch(packs: list[torch.Tensor], pieces: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:

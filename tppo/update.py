@@ -52,7 +52,8 @@ def run_update(
 ) -> dict[str, float]:
     """Train ``model`` on the rows of ``batch`` that have tokens in ``batch.per_token[mask_key]``.
 
-    Returns the mean of each statistic over minibatches, plus ``grad_norm`` and ``updates``.
+    Returns the mean of each statistic over minibatches, plus ``grad_norm``, ``updates`` (optimizer
+    steps attempted) and ``skipped_updates`` (of those, skipped: a non-finite loss or gradient).
     """
     mask = batch.per_token[mask_key]
     rows = torch.nonzero(mask.any(dim=1)).flatten()
@@ -70,6 +71,7 @@ def run_update(
                 scheduler.step()
     out = {key: sum(values) / len(values) for key, values in totals.items()}
     out["updates"] = float(len(totals["grad_norm"]))
+    out["skipped_updates"] = float(sum(totals["skipped_nonfinite"]))
     return out
 
 
@@ -85,9 +87,11 @@ def _minibatch_step(
     token_count = float(batch.per_token[mask_key][rows].sum())
     optimizer.zero_grad(set_to_none=True)
     weighted: dict[str, float] = defaultdict(float)
+    finite_loss = True
     for micro_rows in pack_rows(rows, batch.lengths, max_tokens=schedule.micro_batch_tokens):
         sub = batch.select(micro_rows)
         loss, stats = loss_fn(model, sub, token_count)
+        finite_loss = finite_loss and bool(torch.isfinite(loss.detach()).all())
         loss.backward()
         share = float(sub.per_token[mask_key].sum()) / token_count
         for key, value in stats.items():
@@ -95,10 +99,12 @@ def _minibatch_step(
     params = [p for p in model.parameters() if p.grad is not None]
     max_norm = schedule.max_grad_norm if schedule.max_grad_norm is not None else math.inf
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    if math.isfinite(grad_norm):
+    ok = finite_loss and math.isfinite(grad_norm)
+    if ok:  # a non-finite loss or gradient would poison the weights (and Adam's moments): skip
         optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     weighted["grad_norm"] = grad_norm
-    weighted["skipped_nonfinite"] = float(not math.isfinite(grad_norm))
+    weighted["skipped_nonfinite"] = float(not ok)
     return dict(weighted)
 
 
