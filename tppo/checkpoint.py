@@ -300,7 +300,10 @@ def load_model_weights(model: torch.nn.Module, directory: Path) -> None:
     weights: dict[str, torch.Tensor] = {}
     for file in files:
         weights.update(load_file(str(file)))
-    result = model.load_state_dict(weights, strict=False)
+    try:
+        result = model.load_state_dict(weights, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise CheckpointError(f"weights in {str(directory)!r} do not fit the model: {error}") from error
     loaded = {id(t) for name, t in model.state_dict(keep_vars=True).items() if name in weights}
     state = model.state_dict(keep_vars=True)
     missing = [k for k in result.missing_keys if id(state[k]) not in loaded]

@@ -63,7 +63,9 @@ def load_models(config: ModelConfig) -> Models:
     """Tokenizer, policy and value model on the configured device, dropout off in both."""
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
     policy_path = resolve_model_path(config.policy_path)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.tokenizer_path or config.policy_path))
+    tokenizer_path = resolve_model_path(config.tokenizer_path or config.policy_path)
+    check_tokenizer_folder(tokenizer_path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {config.tokenizer_path or config.policy_path!r} has no EOS token")
     policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype)
@@ -78,6 +80,20 @@ def load_models(config: ModelConfig) -> Models:
         eos_ids.update([generation_eos] if isinstance(generation_eos, int) else generation_eos)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return Models(tokenizer, policy, value, sorted(eos_ids), int(pad))
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def check_tokenizer_folder(path: str) -> None:
+    """A local folder must hold tokenizer files: without them ``AutoTokenizer`` quietly builds an
+    empty tokenizer from the model's config, which turns every prompt into nothing."""
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"model folder {path!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+            "tokenizer there (tokenizer.save_pretrained) or name one with model.tokenizer_path"
+        )
 
 
 def load_value_model(path: str, dtype: torch.dtype) -> PreTrainedModel:

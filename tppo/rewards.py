@@ -71,6 +71,10 @@ def score_responses(
     return ScoredBatch(scores, errors)
 
 
+STARTUP_TIMEOUT_S = 300.0
+"""How long the reward worker may take to start (spawn a Python, import the reward's module)."""
+
+
 class RewardScorer:
     """Scores responses in a separate worker process, each within ``timeout_s`` seconds.
 
@@ -110,6 +114,9 @@ class RewardScorer:
         pending = list(zip(responses, ground_truths, strict=True))
         while pending:
             conn = self._worker()
+            if conn is None:  # the worker could not start: score the rest here
+                rest = score_responses(self.reward_fn, *zip(*pending, strict=True))
+                return ScoredBatch(scores + rest.scores, errors + rest.errors, timeouts)
             conn.send(pending)
             answered = 0
             for response, _ in pending:
@@ -141,6 +148,11 @@ class RewardScorer:
         return ScoredBatch(scores, errors, timeouts)
 
     def _worker(self) -> Any:
+        """The worker's end of the pipe, starting the worker if needed (its start-up, which imports
+        the reward function's module, does not count against the time limit); ``None`` (and from
+        then on scoring in this process) when it cannot start."""
+        if self._in_process:
+            return None
         if self._process is None or not self._process.is_alive():
             self.close()
             context = multiprocessing.get_context("spawn")
@@ -151,6 +163,15 @@ class RewardScorer:
             self._process.start()
             child.close()
             self._conn = parent
+            try:
+                ready = parent.poll(STARTUP_TIMEOUT_S) and parent.recv() == "ready"
+            except (EOFError, OSError):
+                ready = False
+            if not ready:
+                log.warning("the reward worker process did not start: scoring in this process from now on")
+                self.close()
+                self._in_process = True
+                return None
         return self._conn
 
     def close(self) -> None:
@@ -166,6 +187,7 @@ def _reward_worker(conn: Any, reward_fn: RewardFn) -> None:
     """Worker loop: receive a list of ``(response, ground_truth)``, send one ``("ok", score)`` or
     ``("error", text)`` per item; exits when the trainer's end of the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
+    conn.send("ready")
     while True:
         try:
             items = conn.recv()

@@ -97,6 +97,7 @@ class Trainer:
             config.data, self.models.tokenizer, seed=config.trainer.seed
         )
         self.reward_fn = self.task.reward
+        self.skipped_prompts = config.data.train_size - len(train_rows)  # data.overlong_prompts=skip
         self.scorer = RewardScorer(self.reward_fn, timeout_s=config.trainer.reward_timeout_s)
         stream = PromptStream(
             train_rows,
@@ -160,6 +161,7 @@ class Trainer:
         metrics["time/step_s"] = sum(timer.seconds.values())
         metrics["reward/errors"], metrics["reward/timeouts"] = reward_problems
         metrics["optim/lr_factor"] = lr_factor
+        metrics["data/skipped_prompts"] = self.skipped_prompts
         return metrics
 
     @contextmanager
