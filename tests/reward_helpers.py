@@ -18,13 +18,8 @@ def length_or_trouble(response: str, ground_truth: str) -> float:
     return float(len(response))
 
 
-def raises_on_odd_length(response: str, ground_truth: str) -> float:
-    if len(response) % 2:
+def raises_sometimes(response: str, ground_truth: str) -> float:
+    """Raises for lengths 2 mod 3 (responses cut at 32 tokens among them), scores 1 otherwise."""
+    if len(response) % 3 == 2:
         raise RuntimeError(f"cannot score {len(response)} characters")
-    return 1.0
-
-
-def hangs_on_odd_length(response: str, ground_truth: str) -> float:
-    if len(response) % 2:
-        time.sleep(3600)
     return 1.0
