@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import signal
 import threading
 import time
@@ -18,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -90,6 +92,8 @@ class Trainer:
         self.config, self.output_dir = config, Path(output_dir)
         if config.trainer.num_threads:
             torch.set_num_threads(config.trainer.num_threads)
+        random.seed(config.trainer.seed)  # every global generator, so a checkpoint's RNG states
+        np.random.seed(config.trainer.seed)  # are the same in a resumed and an uninterrupted run
         torch.manual_seed(config.trainer.seed)
         self.models = models or load_models(config.model)
         self.device = next(self.models.policy.parameters()).device
