@@ -28,6 +28,13 @@ from tppo.algorithms import (
 )
 from tppo.config import TPPOConfig, save_config
 from tppo.data import build_task_data
+from tppo.diagnostics import (
+    bootstrap_errors,
+    policy_versions,
+    stale_token_fraction,
+    summarize_errors,
+    tail_advantage_stats,
+)
 from tppo.engines import SamplingParams, get_engine_factory
 from tppo.engines.base import Engine
 from tppo.evaluation import EvalResult, evaluate
@@ -113,6 +120,7 @@ class Trainer:
             self._score(batch)
         with timer("estimate"):
             self._estimate(batch, scores, step)
+            _record_bootstraps(active, batch)
         lr_factor = self._set_learning_rates()
         with timer("actor"):
             actor = self._update_actor(batch)
@@ -289,6 +297,7 @@ class Trainer:
             "reward/mean": float(scores[finished].mean()) if finished.any() else math.nan,
             "response_length/mean": sum(lengths) / len(lengths) if lengths else math.nan,
             "response_length/max": max(lengths) if lengths else math.nan,
+            "response_length/values": lengths,
             "advantages/raw_mean": float(masked_mean(per_token["raw_advantages"], per_token["policy_mask"])),
             "critic/explained_variance": float(
                 explained_variance(per_token["old_values"], per_token["returns"], per_token["value_mask"])
@@ -298,7 +307,43 @@ class Trainer:
         }
         metrics.update({f"actor/{k}": v for k, v in actor.items()})
         metrics.update({f"critic/{k}": v for k, v in critic.items()})
+        metrics.update(self._diagnostics(batch, retired, scores))
         return metrics
+
+    def _diagnostics(
+        self, batch: RolloutBatch, retired: list[Slot], scores: torch.Tensor
+    ) -> dict[str, float]:
+        """Truncation-bias diagnostics of this step (see :mod:`tppo.diagnostics`)."""
+        per_token, step = batch.per_token, self.step - 1
+        finished_scores = scores[batch.is_finished].tolist()
+        errors: list[float] = []
+        for slot, reward in zip(retired, finished_scores, strict=True):
+            errors += bootstrap_errors(
+                list(zip(slot.bootstrap_positions, slot.bootstrap_values, strict=True)),
+                response_length=len(slot.response_ids),
+                reward=reward,
+                gamma=self.config.algorithm.gamma,
+            )
+        summary = summarize_errors(errors)
+        versions = [policy_versions(s.token_steps) for s in retired]
+        out = {
+            "diagnostics/bootstrap_error_abs": summary["abs"],
+            "diagnostics/bootstrap_error_signed": summary["signed"],
+            "diagnostics/bootstrap_edges": float(len(errors)),
+            "diagnostics/policy_versions_mean": sum(versions) / len(versions) if versions else math.nan,
+            "diagnostics/stale_value_token_frac": stale_token_fraction(
+                batch.token_steps, per_token["value_mask"], step=step
+            ),
+        }
+        tails = tail_advantage_stats(
+            per_token["raw_advantages"],
+            batch.response_mask,
+            batch.token_steps,
+            per_token["policy_mask"],
+            step=step,
+        )
+        out.update({f"diagnostics/{k}": v for k, v in tails.items()})
+        return out
 
     # ------------------------------------------------------------------ the loop
     def evaluate(self) -> EvalResult:
@@ -403,6 +448,17 @@ def _stitch(packs: list[torch.Tensor], pieces: list[torch.Tensor], like: torch.T
     for rows, piece in zip(packs, pieces, strict=True):
         out[rows, : piece.shape[1]] = piece
     return out
+
+
+def _record_bootstraps(active: list[Slot], batch: RolloutBatch) -> None:
+    """Remember, on each unfinished slot, the value EGAE bootstrapped with at this window edge."""
+    lengths = batch.response_mask.sum(dim=1).tolist()
+    values = batch.per_token["old_values"]
+    for row, slot in enumerate(active):
+        if not slot.finished and lengths[row] > 0:
+            position = int(lengths[row]) - 1
+            slot.bootstrap_positions.append(position)
+            slot.bootstrap_values.append(float(values[row, position]))
 
 
 def _headline(metrics: dict[str, Any], last_eval: float | None) -> dict[str, str]:
