@@ -104,6 +104,8 @@ def test_tiny_bench_writes_every_file_and_resumes(tmp_path, capsys):
     assert sum(share for share in run["phase_share"].values()) <= 1.0
     tppo = summary["methods"]["tppo_l8"]["runs"]["0"]
     assert tppo["policy_versions_mean"] is None or tppo["policy_versions_mean"] >= 1
+    # nothing is skipped (policy_skip_tail = 0), yet the window-edge tails are measured
+    assert tppo["tail_adv_abs_mean"] is not None and tppo["rest_adv_abs_mean"] is not None
     report = (out / "report.md").read_text()
     assert "tppo bench --output-dir" in report and "S_gen" in report and "![accuracy](accuracy.png)" in report
 

@@ -45,17 +45,19 @@ def test_stale_token_fraction() -> None:
     assert math.isnan(stale_token_fraction(steps, torch.zeros_like(mask), step=2))
 
 
-def test_tail_advantage_stats_split_this_steps_tokens_by_the_policy_mask() -> None:
+def test_tail_advantage_stats_split_this_steps_tokens_at_the_window_edge() -> None:
     steps = torch.tensor([[1, 1, 1, 1], [0, 1, 1, -1]])
     response = torch.tensor([[True, True, True, True], [True, True, True, False]])
     finished = torch.tensor([False, True])
     masks = select_tokens(steps, response, finished, step=1, policy_skip_tail=2)
     adv = torch.tensor([[1.0, 2.0, -3.0, 5.0], [7.0, -1.0, 4.0, 99.0]])
-    stats = tail_advantage_stats(adv, response, steps, masks.policy_mask, step=1)
-    # row 0 (unfinished) skips its last two tokens (-3, 5); row 1's old token (7) is no one's
+    tail = response & (steps == 1) & ~masks.policy_mask
+    stats = tail_advantage_stats(adv, response, steps, tail, step=1)
+    # row 0 (unfinished) has its last two tokens (-3, 5) in the tail; row 1's old token (7) is no one's
     assert stats["tail_adv_mean"] == pytest.approx(1.0)
     assert stats["tail_adv_abs_mean"] == pytest.approx(4.0)
-    assert stats["trained_adv_mean"] == pytest.approx((1 + 2 - 1 + 4) / 4)
-    assert stats["trained_adv_abs_mean"] == pytest.approx((1 + 2 + 1 + 4) / 4)
-    none_skipped = tail_advantage_stats(adv, response, steps, response & (steps == 1), step=1)
-    assert math.isnan(none_skipped["tail_adv_mean"])
+    assert stats["rest_adv_mean"] == pytest.approx((1 + 2 - 1 + 4) / 4)
+    assert stats["rest_adv_abs_mean"] == pytest.approx((1 + 2 + 1 + 4) / 4)
+    no_tail = tail_advantage_stats(adv, response, steps, torch.zeros_like(response), step=1)
+    assert math.isnan(no_tail["tail_adv_mean"])
+    assert no_tail["rest_adv_mean"] == pytest.approx((1 + 2 - 3 + 5 - 1 + 4) / 6)

@@ -155,3 +155,4 @@ def test_truncation_diagnostics_are_logged_and_consistent(tmp_path):
         ]
         assert slot.bootstrap_positions == ends
     assert any(not math.isnan(r["diagnostics/tail_adv_abs_mean"]) for r in rows)
+    assert all(not math.isnan(r["diagnostics/rest_adv_abs_mean"]) for r in rows)

@@ -206,6 +206,8 @@ def run_summary(rows: Sequence[dict[str, Any]], num_slots: int, target: float | 
         "bootstrap_error_signed": _mean_of(steps, "diagnostics/bootstrap_error_signed"),
         "policy_versions_mean": _mean_of(steps, "diagnostics/policy_versions_mean"),
         "stale_value_token_frac": _mean_of(steps, "diagnostics/stale_value_token_frac"),
+        "tail_adv_abs_mean": _mean_of(steps, "diagnostics/tail_adv_abs_mean"),
+        "rest_adv_abs_mean": _mean_of(steps, "diagnostics/rest_adv_abs_mean"),
     }
 
 
@@ -272,6 +274,8 @@ def analyze(
                     "bootstrap_error_signed",
                     "policy_versions_mean",
                     "stale_value_token_frac",
+                    "tail_adv_abs_mean",
+                    "rest_adv_abs_mean",
                 )
             },
             "phase_share": {
@@ -370,8 +374,8 @@ def write_report(spec: BenchSpec, summary: dict[str, Any]) -> Path:
         "## Truncation-bias diagnostics (T-PPO runs, means over steps and seeds)",
         "",
         "| method | bootstrap error, abs | bootstrap error, signed | policy versions per response "
-        "| value tokens from an older policy |",
-        "|---|---|---|---|---|",
+        "| value tokens from an older policy | window-edge tail adv., mean abs | other adv., mean abs |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, method in summary["methods"].items():
         if name == "ppo":
@@ -379,7 +383,8 @@ def write_report(spec: BenchSpec, summary: dict[str, Any]) -> Path:
         lines.append(
             f"| {method['label']} | {_fmt(method['bootstrap_error_abs'], 3)} | "
             f"{_fmt(method['bootstrap_error_signed'], 3)} "
-            f"| {_fmt(method['policy_versions_mean'], 2)} | {_fmt(method['stale_value_token_frac'], 2)} |"
+            f"| {_fmt(method['policy_versions_mean'], 2)} | {_fmt(method['stale_value_token_frac'], 2)} "
+            f"| {_fmt(method['tail_adv_abs_mean'], 3)} | {_fmt(method['rest_adv_abs_mean'], 3)} |"
         )
     lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
     path = out / "report.md"
@@ -388,7 +393,7 @@ def write_report(spec: BenchSpec, summary: dict[str, Any]) -> Path:
 
 
 def bench_command(spec: BenchSpec) -> str:
-    parts = ["tppo bench"]
+    parts = ["tppo bench", *spec.overrides]  # before the options: --windows takes a list
     if spec.config:
         parts += ["--config", spec.config]
     parts += ["--output-dir", str(spec.output_dir), "--seeds", str(len(spec.seeds))]
@@ -398,7 +403,7 @@ def bench_command(spec: BenchSpec) -> str:
         parts += ["--budget-s", f"{spec.budget_s:g}"]
     if spec.target_accuracy is not None:
         parts += ["--target", f"{spec.target_accuracy:g}"]
-    return " ".join(parts + spec.overrides)
+    return " ".join(parts)
 
 
 def _fmt(stats: dict[str, Any] | None, digits: int) -> str:

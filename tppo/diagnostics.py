@@ -60,14 +60,15 @@ def stale_token_fraction(token_steps: Tensor, mask: Tensor, *, step: int) -> flo
 
 
 def tail_advantage_stats(
-    advantages: Tensor, response_mask: Tensor, token_steps: Tensor, policy_mask: Tensor, *, step: int
+    advantages: Tensor, response_mask: Tensor, token_steps: Tensor, tail_mask: Tensor, *, step: int
 ) -> dict[str, float]:
-    """Advantages of this step's tokens that the policy skips (the tails of unfinished responses)
-    against those it trains on: mean and mean absolute value of each (NaN where there are none)."""
+    """Advantages of this step's tokens in ``tail_mask`` (the window-edge tails of unfinished
+    responses) against the rest of this step's tokens: mean and mean absolute value of each (NaN
+    where there are none)."""
     new = response_mask & (token_steps == step)
-    skipped = new & ~policy_mask
+    tail = new & tail_mask
     out: dict[str, float] = {}
-    for name, where in (("tail", skipped), ("trained", policy_mask)):
+    for name, where in (("tail", tail), ("rest", new & ~tail)):
         values = advantages[where].double()
         empty = values.numel() == 0
         out[f"{name}_adv_mean"] = math.nan if empty else float(values.mean())

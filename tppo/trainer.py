@@ -49,6 +49,10 @@ from tppo.update import UpdateSchedule, actor_loss_fn, critic_loss_fn, run_updat
 
 log = logging.getLogger(__name__)
 
+DIAGNOSTIC_TAIL = 8
+"""Tokens at each window edge whose advantages ``diagnostics/tail_adv_*`` report when
+``algorithm.policy_skip_tail`` is 0 (with it set, the tail is what it skips)."""
+
 
 def build_engine(config: TPPOConfig, models: Models) -> Engine:
     """The configured rollout engine, generating with the policy's current weights."""
@@ -335,12 +339,13 @@ class Trainer:
                 batch.token_steps, per_token["value_mask"], step=step
             ),
         }
+        # the tail: the tokens policy_skip_tail leaves out (the last DIAGNOSTIC_TAIL when it is 0)
+        skip = self.config.algorithm.policy_skip_tail or DIAGNOSTIC_TAIL
+        tail = ~select_tokens(
+            batch.token_steps, batch.response_mask, batch.is_finished, step=step, policy_skip_tail=skip
+        ).policy_mask
         tails = tail_advantage_stats(
-            per_token["raw_advantages"],
-            batch.response_mask,
-            batch.token_steps,
-            per_token["policy_mask"],
-            step=step,
+            per_token["raw_advantages"], batch.response_mask, batch.token_steps, tail, step=step
         )
         out.update({f"diagnostics/{k}": v for k, v in tails.items()})
         return out
