@@ -8,6 +8,7 @@ One Ray cluster for the module; each worker takes one logical CPU.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -47,7 +48,11 @@ SMALL = [
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_cluster():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    """A local Ray cluster of 4 logical CPUs, or the one ``RAY_ADDRESS`` names (``ray start --head``)."""
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+    else:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -110,13 +115,13 @@ def test_weight_sync_reaches_every_rollout_worker():
     group = RayRolloutGroup(config)
     try:
         policy = load_policy(config.model)
-        base = {n: float(p.double().sum()) for n, p in policy.named_parameters()}
+        base = {n: float(p.detach().double().sum()) for n, p in policy.named_parameters()}
         assert all(sums == pytest.approx(base) for sums in group.checksums())
         with torch.no_grad():
             for i, param in enumerate(policy.parameters()):
                 param.add_(0.01 * (i + 1))
         group.update_weights(policy.named_parameters())
-        new = {n: float(p.double().sum()) for n, p in policy.named_parameters()}
+        new = {n: float(p.detach().double().sum()) for n, p in policy.named_parameters()}
         sums = group.checksums()
         assert len(sums) == 2
         for worker in sums:
