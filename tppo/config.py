@@ -455,8 +455,14 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TPPOConfig:
-    """Defaults, then the YAML file at ``path``, then ``overrides``; validated."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, validate: bool = True
+) -> TPPOConfig:
+    """Defaults, then the YAML file at ``path``, then ``overrides``; validated unless told not to.
+
+    Keys and types are always checked; ``validate=False`` skips only the checks across values (a
+    base config whose window a caller sets afterwards, as ``tppo bench`` does).
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -472,7 +478,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = loaded or {}
     data = merge(data, parse_overrides(overrides or []))
     config = from_dict(TPPOConfig, data)
-    config.validate()
+    if validate:
+        config.validate()
     return config
 
 

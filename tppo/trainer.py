@@ -28,6 +28,13 @@ from tppo.algorithms import (
 )
 from tppo.config import TPPOConfig, save_config
 from tppo.data import build_task_data
+from tppo.diagnostics import (
+    bootstrap_errors,
+    policy_versions,
+    stale_token_fraction,
+    summarize_errors,
+    tail_advantage_stats,
+)
 from tppo.engines import SamplingParams
 from tppo.evaluation import EvalResult, evaluate
 from tppo.learner import Learner
@@ -41,6 +48,10 @@ from tppo.rollout.slot_pool import Slot, SlotPool
 from tppo.schedules import expected_total_steps, lr_multiplier, run_progress
 
 log = logging.getLogger(__name__)
+
+DIAGNOSTIC_TAIL = 8
+"""Tokens at each window edge whose advantages ``diagnostics/tail_adv_*`` report when
+``algorithm.policy_skip_tail`` is 0 (with it set, the tail is what it skips)."""
 
 
 class Trainer:
@@ -103,6 +114,7 @@ class Trainer:
             batch.per_token.update(self.learner.score(batch))
         with timer("estimate"):
             self._estimate(batch, scores, step)
+            _record_bootstraps(active, batch)
         lr_factor = self._set_learning_rates()
         with timer("actor"):
             actor = self._update_actor(batch)
@@ -236,6 +248,7 @@ class Trainer:
             "reward/mean": float(scores[finished].mean()) if finished.any() else math.nan,
             "response_length/mean": sum(lengths) / len(lengths) if lengths else math.nan,
             "response_length/max": max(lengths) if lengths else math.nan,
+            "response_length/values": lengths,
             "advantages/raw_mean": float(masked_mean(per_token["raw_advantages"], per_token["policy_mask"])),
             "critic/explained_variance": float(
                 explained_variance(per_token["old_values"], per_token["returns"], per_token["value_mask"])
@@ -245,7 +258,44 @@ class Trainer:
         }
         metrics.update({f"actor/{k}": v for k, v in actor.items()})
         metrics.update({f"critic/{k}": v for k, v in critic.items()})
+        metrics.update(self._diagnostics(batch, retired, scores))
         return metrics
+
+    def _diagnostics(
+        self, batch: RolloutBatch, retired: list[Slot], scores: torch.Tensor
+    ) -> dict[str, float]:
+        """Truncation-bias diagnostics of this step (see :mod:`tppo.diagnostics`)."""
+        per_token, step = batch.per_token, self.step - 1
+        finished_scores = scores[batch.is_finished].tolist()
+        errors: list[float] = []
+        for slot, reward in zip(retired, finished_scores, strict=True):
+            errors += bootstrap_errors(
+                list(zip(slot.bootstrap_positions, slot.bootstrap_values, strict=True)),
+                response_length=len(slot.response_ids),
+                reward=reward,
+                gamma=self.config.algorithm.gamma,
+            )
+        summary = summarize_errors(errors)
+        versions = [policy_versions(s.token_steps) for s in retired]
+        out = {
+            "diagnostics/bootstrap_error_abs": summary["abs"],
+            "diagnostics/bootstrap_error_signed": summary["signed"],
+            "diagnostics/bootstrap_edges": float(len(errors)),
+            "diagnostics/policy_versions_mean": sum(versions) / len(versions) if versions else math.nan,
+            "diagnostics/stale_value_token_frac": stale_token_fraction(
+                batch.token_steps, per_token["value_mask"], step=step
+            ),
+        }
+        # the tail: the tokens policy_skip_tail leaves out (the last DIAGNOSTIC_TAIL when it is 0)
+        skip = self.config.algorithm.policy_skip_tail or DIAGNOSTIC_TAIL
+        tail = ~select_tokens(
+            batch.token_steps, batch.response_mask, batch.is_finished, step=step, policy_skip_tail=skip
+        ).policy_mask
+        tails = tail_advantage_stats(
+            per_token["raw_advantages"], batch.response_mask, batch.token_steps, tail, step=step
+        )
+        out.update({f"diagnostics/{k}": v for k, v in tails.items()})
+        return out
 
     # ------------------------------------------------------------------ the loop
     def evaluate(self) -> EvalResult:
@@ -343,6 +393,17 @@ class Trainer:
         """Release the roles (remote workers, engine processes)."""
         self.engine.close()
         self.learner.close()
+
+
+def _record_bootstraps(active: list[Slot], batch: RolloutBatch) -> None:
+    """Remember, on each unfinished slot, the value EGAE bootstrapped with at this window edge."""
+    lengths = batch.response_mask.sum(dim=1).tolist()
+    values = batch.per_token["old_values"]
+    for row, slot in enumerate(active):
+        if not slot.finished and lengths[row] > 0:
+            position = int(lengths[row]) - 1
+            slot.bootstrap_positions.append(position)
+            slot.bootstrap_values.append(float(values[row, position]))
 
 
 def _headline(metrics: dict[str, Any], last_eval: float | None) -> dict[str, str]:
