@@ -51,3 +51,17 @@ def test_shard_rows_is_contiguous_balanced_and_covers_every_row():
     assert [p.tolist() for p in pieces] == [[5], [], []]
     with pytest.raises(ValueError, match="world_size"):
         shard_rows(torch.arange(3), 0)
+
+
+def test_shard_packs_pad_every_rank_to_the_same_number_of_passes():
+    from tppo.rollout.batch import shard_packs
+
+    # rank 0 gets rows [0, 1, 2] (lengths 10, 3, 8): one row per pass under 10 tokens -> 3 passes;
+    # rank 1 gets rows [3, 4] (lengths 2, 9) -> 2 passes, plus 1 empty pass to keep in step.
+    rows, lengths = torch.arange(5), torch.tensor([10, 3, 8, 2, 9])
+    packs0, pad0 = shard_packs(rows, lengths, max_tokens=10, rank=0, world_size=2)
+    packs1, pad1 = shard_packs(rows, lengths, max_tokens=10, rank=1, world_size=2)
+    assert [p.tolist() for p in packs0] == [[0], [2], [1]] and pad0 == 0
+    assert [p.tolist() for p in packs1] == [[4], [3]] and pad1 == 1
+    whole, pad = shard_packs(rows, lengths, max_tokens=None, rank=0, world_size=1)
+    assert [p.tolist() for p in whole] == [[0, 1, 2, 3, 4]] and pad == 0

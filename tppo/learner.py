@@ -212,10 +212,11 @@ def save_model(model: PreTrainedModel, directory: Path, *, is_writer: bool = Tru
     plain.save_pretrained(directory)
 
 
-def stitch(packs: list[torch.Tensor], pieces: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+def stitch(packs: list[torch.Tensor], pieces: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     """Put ``pieces[i]`` (``[len(packs[i]), T_i]``, trimmed by ``select``) back at rows ``packs[i]``
-    of a zero ``Tensor[B, T]`` shaped like ``like``."""
-    out = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
+    of a zero ``Tensor[B, T] float32`` shaped like ``mask``; zero wherever ``mask`` is False (padding
+    positions hold whatever the forward pass gave them, which depends on how rows were packed)."""
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
     for rows, piece in zip(packs, pieces, strict=True):
-        out[rows, : piece.shape[1]] = piece
-    return out
+        out[rows, : piece.shape[1]] = piece.float()
+    return torch.where(mask, out, 0.0)
