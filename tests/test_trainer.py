@@ -124,8 +124,8 @@ def test_learning_rates_follow_the_schedule_step_by_step(tmp_path):
     for _ in range(3):
         metrics = trainer.train_step()
         factors.append(metrics["optim/lr_factor"])
-        assert trainer.actor_optim.param_groups[0]["lr"] == pytest.approx(1e-3 * factors[-1])
-        assert trainer.critic_optim.param_groups[0]["lr"] == pytest.approx(2e-3 * factors[-1])
+        assert trainer.learner.actor_optim.param_groups[0]["lr"] == pytest.approx(1e-3 * factors[-1])
+        assert trainer.learner.critic_optim.param_groups[0]["lr"] == pytest.approx(2e-3 * factors[-1])
     # step 0 warms up (1 / 1), then linear over the 4 steps after it: 1.0, 0.8
     assert factors == pytest.approx([1.0, 1.0, 0.8])
 

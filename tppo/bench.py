@@ -118,7 +118,11 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
             config = run_config(spec, method, seed)
             elapsed = time.perf_counter() - started
             print(f"[{index}/{total}] {method.label}, seed {seed} (bench so far {elapsed:.0f} s)", flush=True)
-            Trainer(config, run_dir).train()
+            trainer = Trainer(config, run_dir)
+            try:
+                trainer.train()
+            finally:
+                trainer.close()  # remote workers (distributed.*) go with their run
             (run_dir / DONE_MARKER).write_text(json.dumps({"method": method.name, "seed": seed}))
     summary = analyze(spec.output_dir, chosen, spec.seeds, target_accuracy=spec.target_accuracy)
     write_report(spec, summary)

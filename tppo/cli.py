@@ -29,7 +29,11 @@ def _train(args: argparse.Namespace) -> int:
     from tppo.plotting import plot_runs
     from tppo.trainer import Trainer
 
-    history = Trainer(config, output_dir).train()
+    trainer = Trainer(config, output_dir)
+    try:
+        history = trainer.train()
+    finally:
+        trainer.close()
     plot = plot_runs([output_dir], output_dir / "plot.png")
     evals = [row["eval/accuracy"] for row in history if "eval/accuracy" in row]
     if evals:
