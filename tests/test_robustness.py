@@ -205,10 +205,10 @@ def test_a_non_finite_loss_or_gradient_skips_the_update(tiny_qwen2):
 
 @pytest.mark.slow
 def test_non_finite_updates_in_a_row_stop_training_with_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import tppo.trainer as trainer_module
+    import tppo.learner as learner_module
     from tppo.trainer import TrainingError
 
-    real = trainer_module.actor_loss_fn
+    real = learner_module.actor_loss_fn
     trainer = make_trainer(tmp_path, "trainer.total_steps=10", "trainer.max_consecutive_bad_updates=2")
 
     def actor_loss_fn(**kwargs):
@@ -220,7 +220,7 @@ def test_non_finite_updates_in_a_row_stop_training_with_the_last_good_checkpoint
 
         return loss_fn
 
-    monkeypatch.setattr(trainer_module, "actor_loss_fn", actor_loss_fn)
+    monkeypatch.setattr(learner_module, "actor_loss_fn", actor_loss_fn)
     with pytest.raises(
         TrainingError, match=r"actor: every update of the last 2 steps had a non-finite"
     ) as info:
@@ -245,18 +245,18 @@ def test_non_finite_updates_in_a_row_stop_training_with_the_last_good_checkpoint
 
 @pytest.mark.slow
 def test_a_failed_checkpoint_write_keeps_the_previous_and_training_goes_on(tmp_path, monkeypatch, caplog):
-    import tppo.trainer as trainer_module
+    import tppo.resume as resume_module
 
     trainer = make_trainer(tmp_path, "trainer.total_steps=3", "trainer.keep_checkpoints=1")
-    real = trainer_module.write_training_state
+    real = resume_module.write_training_state
 
     def disk_full_at_step_2(directory, **kwargs):
         if trainer.step == 2:
             raise OSError(28, "No space left on device")
         real(directory, **kwargs)
 
-    monkeypatch.setattr(trainer_module, "write_training_state", disk_full_at_step_2)
-    with caplog.at_level(logging.ERROR, logger="tppo.trainer"):
+    monkeypatch.setattr(resume_module, "write_training_state", disk_full_at_step_2)
+    with caplog.at_level(logging.ERROR, logger="tppo.resume"):
         trainer.train()
     assert "could not write checkpoint" in caplog.text and "No space left on device" in caplog.text
     assert "step_00000001" in caplog.text and "still the one to resume from" in caplog.text

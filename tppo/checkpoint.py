@@ -281,13 +281,6 @@ RESUMABLE_CHANGES = (
 the same run)."""
 
 
-def save_model(model: torch.nn.Module, tokenizer: Any, directory: Path) -> None:
-    """Hugging Face format: ``config.json``, ``model.safetensors`` and the tokenizer files, loadable
-    with ``from_pretrained`` (and by vLLM)."""
-    model.save_pretrained(directory, safe_serialization=True)  # type: ignore[operator]
-    tokenizer.save_pretrained(directory)
-
-
 def load_model_weights(model: torch.nn.Module, directory: Path) -> None:
     """Copy the safetensors weights in ``directory`` into ``model`` (same architecture). Tied weights
     that the file leaves out (``lm_head.weight`` beside the embeddings) are fine; anything else
