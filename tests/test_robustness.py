@@ -300,3 +300,53 @@ def test_a_second_signal_abandons_the_step_without_a_checkpoint(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         trainer.train()
     assert [s for s, _ in list_checkpoints(tmp_path / "checkpoints")] == [1]
+
+
+# ---------------------------------------------------------------------- resuming
+
+
+def fake_run(out, config_overrides, *, state=True):
+    """A run directory with one checkpoint whose trainer state records the given config."""
+    import json
+
+    from tppo.checkpoint import write_checkpoint
+    from tppo.config import to_dict
+
+    def write(directory):
+        (directory / "policy").mkdir()
+        (directory / "policy" / "model.safetensors").write_bytes(b"weights")
+        if state:
+            config = to_dict(load_config(None, config_overrides))
+            (directory / "trainer_state.json").write_text(json.dumps({"config": config}))
+
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 0}\n')
+    write_checkpoint(out / "checkpoints", 1, write, keep=0)
+
+
+def test_resuming_with_a_changed_config_is_refused_before_anything_loads(tmp_path, capsys):
+    from tppo.cli import main
+
+    fake_run(tmp_path / "run", TINY)
+    args = ["train", "--output-dir", str(tmp_path / "run"), *TINY]
+    assert main([*args, "rollout.num_slots=8", "algorithm.gamma=0.9", "trainer.total_steps=50"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume from" in err and "step_00000001" in err
+    assert "rollout.num_slots: 4 -> 8" in err and "algorithm.gamma: 1.0 -> 0.9" in err
+    assert "total_steps" not in err  # a longer run is a resumable change
+
+
+def test_a_run_without_a_usable_checkpoint_needs_resume_or_overwrite(tmp_path, capsys):
+    from tppo.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 0}\n')
+    assert main(["train", "--output-dir", str(out), *TINY]) == 2
+    assert "already holds a run (metrics.jsonl) but no usable checkpoint; pass --resume" in (
+        capsys.readouterr().err
+    )
+    weights_only = tmp_path / "weights_only"
+    fake_run(weights_only, TINY, state=False)
+    assert main(["train", "--output-dir", str(weights_only), *TINY]) == 2
+    assert "holds weights only" in capsys.readouterr().err
