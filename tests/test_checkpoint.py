@@ -101,8 +101,11 @@ def test_leftovers_of_a_killed_write_are_ignored_then_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000001", "step_00000002"]
 
 
-def test_writing_the_same_step_again_replaces_it(tmp_path):
+def test_the_same_step_again_keeps_a_valid_checkpoint_and_replaces_a_damaged_one(tmp_path):
     write_checkpoint(tmp_path, 3, files({"w": b"old"}), keep=0)
+    write_checkpoint(tmp_path, 3, files({"w": b"new"}), keep=0)
+    assert (tmp_path / "step_00000003" / "w").read_bytes() == b"old"
+    (tmp_path / "step_00000003" / "w").write_bytes(b"bad")
     write_checkpoint(tmp_path, 3, files({"w": b"new"}), keep=0)
     assert (tmp_path / "step_00000003" / "w").read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["step_00000003"]

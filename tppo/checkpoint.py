@@ -67,11 +67,22 @@ def write_checkpoint(root: Path, step: int, write: Callable[[Path], None], *, ke
 
     ``write(directory)`` fills a fresh temporary directory. If it (or anything after it) fails,
     the temporary directory is removed, the existing checkpoints are untouched, and
-    :class:`CheckpointError` says so. An existing checkpoint of the same step is replaced.
+    :class:`CheckpointError` says so. A valid checkpoint of the same step (a run that resumed from
+    an earlier one reaches it again) is kept as it is; a damaged one is replaced.
     """
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
     tmp = root / f"{TMP_PREFIX}{checkpoint_name(step)}-{os.getpid()}"
+    if final.exists():
+        try:
+            verify_checkpoint(final)
+        except CheckpointError as error:
+            log.warning("%s; writing it again", error)
+            final.rename(root / f"{TMP_PREFIX}damaged-{checkpoint_name(step)}-{os.getpid()}")
+        else:
+            log.info("checkpoint %s exists and is valid: kept", final)
+            prune_checkpoints(root, keep)
+            return final
     try:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -93,13 +104,7 @@ def write_checkpoint(root: Path, step: int, write: Callable[[Path], None], *, ke
         _fsync_file(tmp / MANIFEST)
         for directory in {tmp, *(p.parent for p in files)}:
             _fsync_dir(directory)
-        if final.exists():  # the same step again (e.g. a signal right after a periodic save)
-            old = root / f"{TMP_PREFIX}old-{checkpoint_name(step)}-{os.getpid()}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        tmp.rename(final)
         _fsync_dir(root)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
