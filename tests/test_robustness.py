@@ -282,6 +282,14 @@ def test_sigterm_finishes_the_step_writes_a_checkpoint_and_stops(tmp_path, monke
     path = latest_checkpoint(tmp_path / "checkpoints")
     assert path is not None and verify_checkpoint(path)["step"] == 2
     assert not (tmp_path / "final").exists()
+    # the checkpoint's models are plain Hugging Face ones, equal to the trainer's
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+
+    policy = AutoModelForCausalLM.from_pretrained(path / "policy")
+    live = dict(trainer.models.policy.named_parameters())
+    assert all(torch.equal(p, live[n]) for n, p in policy.named_parameters())
+    AutoModelForTokenClassification.from_pretrained(path / "value")
+    assert AutoTokenizer.from_pretrained(path / "policy").eos_token is not None
     assert signal.getsignal(signal.SIGTERM) == previous  # handlers restored
 
 
