@@ -107,7 +107,12 @@ def test_tiny_bench_writes_every_file_and_resumes(tmp_path, capsys):
     # nothing is skipped (policy_skip_tail = 0), yet the window-edge tails are measured
     assert tppo["tail_adv_abs_mean"] is not None and tppo["rest_adv_abs_mean"] is not None
     report = (out / "report.md").read_text()
-    assert "tppo bench --output-dir" in report and "S_gen" in report and "![accuracy](accuracy.png)" in report
+    assert (
+        "tppo bench rollout.num_slots=8" in report
+        and "--windows 8 16" in report
+        and "S_gen" in report
+        and "![accuracy](accuracy.png)" in report
+    )
 
     # a second call keeps finished runs and only re-analyzes (here with an unreachable target)
     metrics = out / "runs" / "ppo" / "seed0" / "metrics.jsonl"

@@ -53,10 +53,10 @@ def ray_cluster():
         ray.init(log_to_driver=False)
     else:
         try:
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         except Exception:  # Ray gives its raylet 30 s to register; a busy machine can miss that once
             ray.shutdown()
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

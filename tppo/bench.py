@@ -274,6 +274,7 @@ def analyze(
                     "slot_utilization",
                     "step_s_mean",
                     "finished_responses",
+                    "generate_s_per_finished",
                     "bootstrap_error_abs",
                     "bootstrap_error_signed",
                     "policy_versions_mean",
@@ -339,9 +340,9 @@ def write_report(spec: BenchSpec, summary: dict[str, Any]) -> Path:
         "sample standard deviations over seeds, with [min, max].",
         "",
         "| method | time to target (s) | speed-up over PPO | reached | final acc. | peak acc. "
-        "| gen. tokens/s "
+        "| finished responses | gen. s per finished | gen. tokens/s "
         "| slot util. | step (s) | " + " | ".join(f"{p} share" for p in PHASES.values()) + " |",
-        "|---" * (9 + len(PHASES)) + "|",
+        "|---" * (11 + len(PHASES)) + "|",
     ]
     for name, method in summary["methods"].items():
         speedup = summary["speedup_to_target"].get(name)
@@ -350,6 +351,7 @@ def write_report(spec: BenchSpec, summary: dict[str, Any]) -> Path:
             f"{_fmt(speedup, 2) if speedup else '1 (baseline)'} | "
             f"{method['reached_target']}/{len(method['runs'])} | "
             f"{_fmt(method['final_accuracy'], 3)} | {_fmt(method['peak_accuracy'], 3)} | "
+            f"{_fmt(method['finished_responses'], 0)} | {_fmt(method['generate_s_per_finished'], 3)} | "
             f"{_fmt(method['generated_tokens_per_s'], 0)} | {_fmt(method['slot_utilization'], 2)} | "
             f"{_fmt(method['step_s_mean'], 1)} | "
             + " | ".join(f"{100 * share:.0f}%" for share in method["phase_share"].values())

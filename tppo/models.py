@@ -29,7 +29,10 @@ from tppo.rollout.batch import RolloutBatch
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODELS = {"tppo-demo": Path(__file__).parent / "assets" / "demo_base"}
+BUILTIN_MODELS = {
+    "tppo-demo": Path(__file__).parent / "assets" / "demo_base",
+    "tppo-collatz": Path(__file__).parent / "assets" / "collatz_base",
+}
 """Names that resolve to checkpoints shipped inside the package."""
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -45,9 +45,10 @@ def connect(config: DistributedConfig) -> None:
     if config.ray_address is not None:
         ray.init(address=config.ray_address)
         return
-    # A local cluster: logical CPUs are a scheduling budget, so grant at least what the workers ask.
+    # A new local cluster (never one that happens to run on this machine already): logical CPUs
+    # are a scheduling budget, so grant at least what the workers ask.
     wanted = config.rollout_workers * config.rollout.num_cpus + config.train_workers * config.train.num_cpus
-    ray.init(num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False)
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False)
 
 
 def _actor_class(cls: type, resources: WorkerResources) -> Any:
