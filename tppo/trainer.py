@@ -45,14 +45,7 @@ log = logging.getLogger(__name__)
 
 def build_engine(config: TPPOConfig, models: Models) -> Engine:
     """The configured rollout engine, generating with the policy's current weights."""
-    factory = get_engine_factory(config.rollout.engine)
-    return factory(
-        models.policy,
-        eos_token_ids=models.eos_token_ids,
-        pad_token_id=models.pad_token_id,
-        seed=config.trainer.seed,
-        max_batch_size=config.rollout.max_batch_size,
-    )
+    return get_engine_factory(config.rollout.engine).from_config(config, models)
 
 
 def build_optimizer(model: torch.nn.Module, lr: float, config: TPPOConfig) -> torch.optim.AdamW:
