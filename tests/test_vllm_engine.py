@@ -171,7 +171,8 @@ def test_continuations_follow_the_prefix_and_stop_at_eos_or_budget(trainer):
         else:
             assert len(got.token_ids) == budgets[i] and not set(got.token_ids) & set(eos)
     assert ours[2].token_ids == [] and ours[2].finish_reason == "length"
-    assert [c.finish_reason for c in ours] == ["length", "stop", "length", "stop", "length", "stop"]
+    assert [ours[i].finish_reason for i in (0, 2, 4)] == ["length"] * 3  # budgets 2, 0, 5: spent
+    assert "stop" in {ours[i].finish_reason for i in (1, 3, 5)}  # budget 48: most responses end before
 
 
 def test_sampled_log_probs_are_the_tempered_policy_and_seeds_reproduce(trainer):
