@@ -252,6 +252,7 @@ class VLLMEngine(Engine):
             top_k=sampling.top_k,
             seed=seed,
             logprobs=0,
+            flat_logprobs=True,  # a few flat lists per request rather than a dict per token
             stop_token_ids=self.eos_token_ids,
             detokenize=False,
         )
@@ -259,11 +260,9 @@ class VLLMEngine(Engine):
     def _completion(self, output: Any, row: int) -> Completion:
         """Our :class:`Completion` from a vLLM ``CompletionOutput`` (``row`` names it in errors)."""
         token_ids = list(output.token_ids)
-        if output.logprobs is None or len(output.logprobs) != len(token_ids):
-            raise RuntimeError(f"vLLM returned no per-token log-prob for some tokens of row {row}")
-        log_probs = [
-            float(step[token].logprob) for step, token in zip(output.logprobs, token_ids, strict=True)
-        ]
+        log_probs = _sampled_log_probs(output.logprobs, token_ids)
+        if log_probs is None:
+            raise RuntimeError(f"vLLM returned no log-prob for some sampled tokens of row {row}")
         reason: FinishReason
         if output.finish_reason == "stop" and token_ids and token_ids[-1] in self.eos_token_ids:
             reason = "stop"
@@ -280,6 +279,30 @@ class VLLMEngine(Engine):
         if self.sleeping:
             self.llm.wake_up()
             self.sleeping = False
+
+
+def _sampled_log_probs(logprobs: Any, token_ids: list[int]) -> list[float] | None:
+    """The log-prob of each sampled token from vLLM's per-request log-probs, or ``None`` if one is missing.
+
+    ``logprobs`` is a ``FlatLogprobs`` (``flat_logprobs=True``: entries of position ``i`` are
+    ``token_ids / logprobs[start_indices[i]:end_indices[i]]``) or a list of ``{token_id: Logprob}``.
+    With ``logprobs=0`` each position holds exactly the sampled token.
+    """
+    if logprobs is None or len(logprobs) != len(token_ids):
+        return None
+    if not hasattr(logprobs, "start_indices"):
+        found = [step.get(token) if step else None for step, token in zip(logprobs, token_ids, strict=True)]
+        return None if any(f is None for f in found) else [float(f.logprob) for f in found]
+    if logprobs.token_ids == token_ids:  # one entry per position: the sampled token
+        return [float(v) for v in logprobs.logprobs]
+    out = []
+    for i, token in enumerate(token_ids):
+        entries = range(logprobs.start_indices[i], logprobs.end_indices[i])
+        match = [logprobs.logprobs[j] for j in entries if logprobs.token_ids[j] == token]
+        if not match:
+            return None
+        out.append(float(match[0]))
+    return out
 
 
 def build_llm(
