@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from tppo.config import TPPOConfig
-from tppo.engines.base import SamplingParams
+from tppo.engines.base import Engine, SamplingParams
 
 
 def bench_prompts(config: TPPOConfig, tokenizer: object) -> list[list[int]]:
@@ -108,7 +108,7 @@ def run_benchmark(config: TPPOConfig, *, repeats: int = 3, skip_hf: bool = False
         flush=True,
     )
 
-    def engine_run(engine: HFEngine | VLLMEngine) -> Callable[[], int]:
+    def engine_run(engine: Engine) -> Callable[[], int]:
         return lambda: sum(len(c.token_ids) for c in engine.generate(prefixes, budgets, sampling))
 
     rates: dict[str, float] = {}

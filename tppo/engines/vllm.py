@@ -292,7 +292,9 @@ def _sampled_log_probs(logprobs: Any, token_ids: list[int]) -> list[float] | Non
         return None
     if not hasattr(logprobs, "start_indices"):
         found = [step.get(token) if step else None for step, token in zip(logprobs, token_ids, strict=True)]
-        return None if any(f is None for f in found) else [float(f.logprob) for f in found]
+        if any(f is None for f in found):
+            return None
+        return [float(f.logprob) for f in found if f is not None]
     if logprobs.token_ids == token_ids:  # one entry per position: the sampled token
         return [float(v) for v in logprobs.logprobs]
     out = []
