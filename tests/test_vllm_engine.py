@@ -18,6 +18,7 @@ import torch
 
 from tppo.config import ConfigError, load_config
 from tppo.engines import ENGINES, HFEngine, SamplingParams, VLLMEngine
+from tppo.engines.vllm import pack_tensor, unpack_tensor
 from tppo.trainer import Trainer
 
 SMALL = [
@@ -60,6 +61,12 @@ def test_vllm_settings_are_checked_by_name():
         load_config(None, ["rollout.vllm.sleep_mode=true"])
 
 
+def test_packed_weights_come_back_bit_for_bit_after_the_rpc_turns_tuples_into_lists():
+    for tensor in (torch.randn(3, 4), torch.randn(5).bfloat16(), torch.randn(2, 3).t(), torch.arange(6)):
+        unpacked = unpack_tensor(list(pack_tensor(tensor)))
+        assert unpacked.dtype == tensor.dtype and torch.equal(unpacked, tensor)
+
+
 # ---------------------------------------------------------------- with vLLM: a recording fake LLM
 
 
@@ -81,7 +88,7 @@ class RecordingLLM:
         self.calls.append(("wake_up",))
 
     def collective_rpc(self, method, args):
-        self.calls.append(("collective_rpc", method.__name__, [name for name, _ in args[0]]))
+        self.calls.append(("collective_rpc", method, [name for name, _ in args[0]]))
 
     def reset_prefix_cache(self):
         self.calls.append(("reset_prefix_cache",))
@@ -105,7 +112,7 @@ def test_sleep_mode_sleeps_after_generating_and_wakes_before_sync_and_generation
         "generate", "sleep", "wake_up", "collective_rpc", "reset_prefix_cache", "generate", "sleep"
     ]  # fmt: skip
     assert llm.calls[0][1:] == ([[3], [2, 2]], [4, 3])  # the budget-0 row is not sent
-    assert llm.calls[3][1:] == ("_reload_weights_on_worker", ["w"])
+    assert llm.calls[3][1:] == ("tppo_reload_weights", ["w"])
     assert (first[0].token_ids, first[0].log_probs, first[0].finish_reason) == ([4, 1], [-0.5, -1.0], "stop")
     assert (first[1].finish_reason, first[2].token_ids, first[2].finish_reason) == ("length", [], "length")
     assert engine.stats.generated_tokens == 5 + 2 and engine.stats.decode_steps == 3 + 2

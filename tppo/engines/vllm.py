@@ -20,7 +20,8 @@ How it is wired:
   ``algorithm.recompute_old_log_probs``). Each request gets its own seed, drawn from the engine's
   generator, so a run (and an evaluation after :meth:`reseed`) is reproducible.
 - **Weight sync** (:meth:`VLLMEngine.update_weights`). ``LLM.collective_rpc`` runs
-  :func:`_reload_weights_on_worker` on every vLLM worker: the worker's own ``reload_weights`` (vLLM's
+  :meth:`WeightSyncExtension.tppo_reload_weights`, a method mixed into every vLLM worker
+  (``worker_extension_cls``, as verl and TRL do), on each worker: the worker's own ``reload_weights`` (vLLM's
   supported in-place reload, which maps Hugging Face names onto vLLM's fused layers and re-runs the
   backend's weight processing layer by layer, keeping tensor addresses so CUDA graphs stay valid),
   then a re-processing of layers that *share* a parameter with another layer (tied input and output
@@ -30,8 +31,8 @@ How it is wired:
   ``collective_rpc`` rather than reaching into ``llm.llm_engine.model_executor.driver_worker`` works
   in both process layouts: with ``rollout.vllm.multiprocessing: false`` (default) vLLM's engine core
   and worker live in this process and the tensors are passed by reference; with ``true`` (and with
-  ``tensor_parallel_size > 1``, which needs worker processes) the function and the tensors are
-  serialised to each worker (a copy through host memory per sync: fine for small models; large
+  ``tensor_parallel_size > 1``, which needs worker processes) the tensors are serialised to each
+  worker (a copy through host memory per sync: fine for small models; large
   models on GPUs want vLLM's weight-transfer engines, ``vllm/distributed/weight_transfer/``).
 - **Sleep mode** (GPU, colocated with training; ``rollout.vllm.enable_sleep_mode``): the engine
   offloads its weights and drops its KV cache (``LLM.sleep(level=1)``) after every ``generate`` and
@@ -94,6 +95,8 @@ class VLLMEngine(Engine):
         sleep_between_calls: put the LLM to sleep after every :meth:`generate` (GPU sleep mode; the
             LLM must have been built with ``enable_sleep_mode=True``).
         workdir: a temporary folder the LLM reads its config from; removed by :meth:`close`.
+        pack_weights: send each weight to the workers as raw bytes (:func:`pack_tensor`): needed when
+            they run in other processes, whose RPC does not carry tensors through.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class VLLMEngine(Engine):
         seed: int = 0,
         sleep_between_calls: bool = False,
         workdir: tempfile.TemporaryDirectory[str] | None = None,
+        pack_weights: bool = False,
     ) -> None:
         super().__init__()
         if not eos_token_ids:
@@ -117,6 +121,7 @@ class VLLMEngine(Engine):
         self.sleeping = False
         self.generator = torch.Generator().manual_seed(seed)
         self._workdir = workdir
+        self.pack_weights = pack_weights
 
     @classmethod
     def from_config(cls, config: TPPOConfig, models: Models) -> VLLMEngine:
@@ -143,6 +148,7 @@ class VLLMEngine(Engine):
             seed=config.trainer.seed,
             sleep_between_calls=options.enable_sleep_mode,
             workdir=workdir,
+            pack_weights=options.multiprocessing or options.tensor_parallel_size > 1,
         )
         engine.update_weights(models.policy.named_parameters())
         return engine
@@ -187,16 +193,19 @@ class VLLMEngine(Engine):
     ) -> None:
         """Load the policy's weights into vLLM in place (Hugging Face names; every weight, each call).
 
-        Accepts ``model.named_parameters()`` or a state dict. Runs :func:`_reload_weights_on_worker`
-        on every worker through ``LLM.collective_rpc``, then resets the prefix cache.
+        Accepts ``model.named_parameters()`` or a state dict. Runs
+        :meth:`WeightSyncExtension.tppo_reload_weights` on every worker through ``LLM.collective_rpc``,
+        then resets the prefix cache.
         """
         pairs = named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors
-        weights = [(name, tensor.detach()) for name, tensor in pairs]
+        weights: list[Any] = [
+            (name, pack_tensor(tensor) if self.pack_weights else tensor.detach()) for name, tensor in pairs
+        ]
         if not weights:
             raise ValueError("update_weights: no tensors given")
         started = time.perf_counter()
         self._wake_up()
-        self.llm.collective_rpc(_reload_weights_on_worker, args=(weights,))
+        self.llm.collective_rpc("tppo_reload_weights", args=(weights,))
         self.llm.reset_prefix_cache()
         self.stats.extra["sync_s"] = self.stats.extra.get("sync_s", 0.0) + (time.perf_counter() - started)
 
@@ -354,32 +363,62 @@ def build_llm(
             tensor_parallel_size=options.tensor_parallel_size,
             enable_sleep_mode=options.enable_sleep_mode,
             enable_prefix_caching=options.enable_prefix_caching,
+            worker_extension_cls=f"{__name__}.{WeightSyncExtension.__qualname__}",
             **kwargs,
         )
     finally:
         torch.set_num_threads = set_num_threads
 
 
-def _reload_weights_on_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
-    """Runs on a vLLM worker (``LLM.collective_rpc``): reload ``weights`` in place, then refresh tied layers.
+def pack_tensor(tensor: torch.Tensor) -> tuple[str, list[int], bytes]:
+    """``(dtype name, shape, raw bytes)`` of ``tensor`` (on the host): what vLLM's RPC carries intact."""
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    return (
+        str(flat.dtype).removeprefix("torch."),
+        list(tensor.shape),
+        flat.view(torch.uint8).numpy().tobytes(),
+    )
 
-    ``worker.reload_weights`` loads every Hugging Face-named tensor through the model's own
-    ``load_weights`` and re-runs each loaded layer's post-load processing. A layer whose parameter is
-    *shared* with another (a tied LM head) receives no weight of its own, so its processing is not
-    re-run; on the CPU backend that processing packs the weight for the GEMM kernel, and the head
-    would keep computing logits with the old embeddings. Re-run it for every layer sharing a parameter.
+
+def unpack_tensor(packed: Sequence[Any]) -> torch.Tensor:
+    """The tensor :func:`pack_tensor` packed (a list after the RPC: ``[dtype, shape, bytes]``)."""
+    dtype_name, shape, data = packed
+    dtype = getattr(torch, dtype_name)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(dtype).reshape(list(shape))
+
+
+class WeightSyncExtension:
+    """Mixed into every vLLM worker (``worker_extension_cls``): the weight sync, run by ``collective_rpc``.
+
+    A method name travels to the workers in both process layouts (vLLM refuses to serialise a
+    function unless told to allow pickle), so the sync is a worker method rather than a callable.
     """
-    worker.reload_weights(weights_iterator=weights)
-    model = worker.model_runner.get_model()
-    owners: dict[int, list[torch.nn.Module]] = {}
-    for module in model.modules():
-        for param in module.parameters(recurse=False):
-            owners.setdefault(id(param), []).append(module)
-    with torch.no_grad():
-        for modules in owners.values():
-            if len(modules) < 2:
-                continue
-            for module in modules:
-                quant_method = getattr(module, "quant_method", None)
-                if quant_method is not None:
-                    quant_method.process_weights_after_loading(module)
+
+    def tppo_reload_weights(self, weights: list[tuple[str, Any]]) -> None:
+        """Reload ``weights`` (Hugging Face names) in place, then refresh the layers that share a parameter.
+
+        ``reload_weights`` (the worker's own) loads every tensor through the model's ``load_weights``
+        and re-runs each loaded layer's post-load processing. A layer whose parameter is *shared* with
+        another (a tied LM head) receives no weight of its own, so its processing is not re-run; on
+        the CPU backend that processing packs the weight for the GEMM kernel, and the head would keep
+        computing logits with the old embeddings. Re-run it for every layer sharing a parameter.
+        """
+        worker: Any = self
+        worker.reload_weights(
+            weights_iterator=[
+                (name, unpack_tensor(t) if isinstance(t, list | tuple) else t) for name, t in weights
+            ]
+        )
+        model = worker.model_runner.get_model()
+        owners: dict[int, list[torch.nn.Module]] = {}
+        for module in model.modules():
+            for param in module.parameters(recurse=False):
+                owners.setdefault(id(param), []).append(module)
+        with torch.no_grad():
+            for modules in owners.values():
+                if len(modules) < 2:
+                    continue
+                for module in modules:
+                    quant_method = getattr(module, "quant_method", None)
+                    if quant_method is not None:
+                        quant_method.process_weights_after_loading(module)
