@@ -113,10 +113,10 @@ def run_benchmark(config: TPPOConfig, *, repeats: int = 3, skip_hf: bool = False
 
     rates: dict[str, float] = {}
     if not skip_hf:
-        hf = HFEngine.from_config(config, models)
+        hf = HFEngine.from_config(config, models.policy, models.vocabulary, seed=config.trainer.seed)
         rates.update(measure({"hf": engine_run(hf)}, repeats))
         print(f"hf engine: {rates['hf']:,.0f} tokens/s", flush=True)
-    ours = VLLMEngine.from_config(config, models)
+    ours = VLLMEngine.from_config(config, models.policy, models.vocabulary, seed=config.trainer.seed)
     try:
         raw = raw_vllm_run(ours.llm, prefixes, r.window_length, sampling, ours.eos_token_ids)
         rates.update(measure({"ours": engine_run(ours), "raw": raw}, repeats))

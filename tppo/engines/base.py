@@ -21,8 +21,10 @@ import torch
 from tppo.registry import Registry
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from tppo.config import TPPOConfig
-    from tppo.models import Models
+    from tppo.models import Vocabulary
 
 FinishReason = Literal["stop", "length"]
 """``stop``: the row emitted an end-of-sequence token (kept as its last token);
@@ -96,20 +98,22 @@ class Engine(abc.ABC):
         self.stats = EngineStats()
 
     @classmethod
-    def from_config(cls, config: TPPOConfig, models: Models) -> Engine:
-        """The engine the trainer uses, generating with ``models.policy``'s current weights.
+    def from_config(
+        cls, config: TPPOConfig, policy: PreTrainedModel, vocabulary: Vocabulary, *, seed: int
+    ) -> Engine:
+        """The engine the trainer uses, generating with ``policy``'s current weights.
 
         The default suits engines that sample from the in-process policy model itself:
-        ``cls(policy, eos_token_ids=..., pad_token_id=..., seed=trainer.seed,
+        ``cls(policy, eos_token_ids=..., pad_token_id=..., seed=seed,
         max_batch_size=rollout.max_batch_size)``. Engines that hold their own copy of the weights
-        override it (and sync the policy into that copy before returning).
+        override it (and sync ``policy`` into that copy before returning).
         """
         factory: Any = cls
         return factory(
-            models.policy,
-            eos_token_ids=models.eos_token_ids,
-            pad_token_id=models.pad_token_id,
-            seed=config.trainer.seed,
+            policy,
+            eos_token_ids=vocabulary.eos_token_ids,
+            pad_token_id=vocabulary.pad_token_id,
+            seed=seed,
             max_batch_size=config.rollout.max_batch_size,
         )
 
@@ -129,6 +133,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load new policy weights in place (``pi_old <- pi_theta``), Hugging Face names."""
+
+    def workers_of(self, num_rows: int) -> list[int]:
+        """Which worker continues each of ``num_rows`` rows of a :meth:`generate` call (one worker: 0)."""
+        return [0] * num_rows
 
     def get_rng_state(self) -> Any:
         """State of the engine's sampling RNG (for checkpoints)."""

@@ -55,7 +55,7 @@ from tppo.engines.base import Completion, Engine, FinishReason, SamplingParams, 
 
 if TYPE_CHECKING:
     from tppo.config import TPPOConfig, VLLMConfig
-    from tppo.models import Models
+    from tppo.models import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,9 @@ class VLLMEngine(Engine):
         self.pack_weights = pack_weights
 
     @classmethod
-    def from_config(cls, config: TPPOConfig, models: Models) -> VLLMEngine:
+    def from_config(
+        cls, config: TPPOConfig, policy: PreTrainedModel, vocabulary: Vocabulary, *, seed: int
+    ) -> VLLMEngine:
         """Start vLLM on the policy's architecture (``rollout.vllm``); sync the policy's weights into it."""
         import_vllm()  # before anything else: a missing vLLM says how to install it
         options = config.rollout.vllm
@@ -133,24 +135,24 @@ class VLLMEngine(Engine):
         )
         workdir = tempfile.TemporaryDirectory(prefix="tppo-vllm-")
         llm = build_llm(
-            models.policy,
+            policy,
             options,
             folder=workdir.name,
             max_model_len=max_model_len,
-            seed=config.trainer.seed,
+            seed=seed,
             dtype=options.dtype or config.model.dtype,
             max_num_seqs=config.rollout.max_batch_size,
         )
         engine = cls(
             llm,
-            eos_token_ids=models.eos_token_ids,
+            eos_token_ids=vocabulary.eos_token_ids,
             max_model_len=max_model_len,
-            seed=config.trainer.seed,
+            seed=seed,
             sleep_between_calls=options.enable_sleep_mode,
             workdir=workdir,
             pack_weights=options.multiprocessing or options.tensor_parallel_size > 1,
         )
-        engine.update_weights(models.policy.named_parameters())
+        engine.update_weights(policy.named_parameters())
         return engine
 
     # ------------------------------------------------------------------ Engine API
