@@ -1,4 +1,4 @@
-"""``tppo`` command line: train, sft, bench, plot."""
+"""``tppo`` command line: train, sft, bench, bench-engines, plot."""
 
 from __future__ import annotations
 
@@ -110,6 +110,14 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_engines(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    from tppo.bench_engines import run_benchmark
+
+    run_benchmark(config, repeats=args.repeats, skip_hf=args.skip_hf)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tppo", description="Truncated PPO for reasoning language models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -143,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
     bench.set_defaults(func=_bench)
+
+    engines = sub.add_parser(
+        "bench-engines",
+        help="generated tokens/s of the HF engine, the vLLM engine and raw vLLM LLM.generate, same prompts",
+    )
+    engines.add_argument("--config", help="YAML file overriding the defaults (see tppo/config.py)")
+    engines.add_argument("--repeats", type=int, default=3, help="timed rounds per engine, after one warm-up")
+    engines.add_argument("--skip-hf", action="store_true", help="time only the two vLLM paths")
+    engines.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. rollout.num_slots=64")
+    engines.set_defaults(func=_bench_engines)
 
     plot = sub.add_parser("plot", help="plot accuracy and reward vs wall-clock of one or more runs")
     plot.add_argument("run_dirs", nargs="+")

