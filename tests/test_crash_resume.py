@@ -116,8 +116,8 @@ def test_kill_9_at_any_moment_then_resume_equals_the_uninterrupted_run(tmp_path)
             code, err = finish(start(crashed_dir, f"{phase}@{step + offset}"))
         log.append((phase, step, code))
         assert code == -signal.SIGKILL, (log, err[-2000:] if phase != "random" else "")
-    leftovers = list((crashed_dir / "checkpoints").glob(".tmp-*"))
-    assert leftovers  # the write killed mid-checkpoint left its temporary directory ...
+        if phase == "checkpoint_write":  # the write killed mid-checkpoint left its temporary directory ...
+            assert list((crashed_dir / "checkpoints").glob(".tmp-*")), log
     code, err = finish(start(crashed_dir))
     assert code == 0, err[-3000:]
     assert not list((crashed_dir / "checkpoints").glob(".tmp-*"))  # ... which a later write removed
