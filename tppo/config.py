@@ -57,6 +57,23 @@ class DataConfig:
         eval_seed: seed of the held-out draws.
         shuffle: shuffle the prompt order every epoch.
         max_prompt_length: prompts longer than this (in tokens) are an error.
+        train_files: training prompts from data files instead of ``task``: local ``.jsonl`` /
+            ``.parquet`` files or Hugging Face data sets ``NAME[:CONFIG][@SPLIT]`` (needs the
+            ``datasets`` package), read in order and concatenated. Rows are mapped by field (see
+            :mod:`tppo.sources`): ``problem`` / ``question`` / ``prompt`` (a string or verl's chat
+            message list) and ``answer`` / ``ground_truth`` / ``reward_model.ground_truth``
+            (GSM8K's ``#### N`` gives ``N``). Empty: use ``task``.
+        eval_file: held-out problems (same formats) for evaluation during training; its first
+            ``eval_size`` rows are used. ``None`` with ``train_files``: no evaluation.
+        prompt_key: the row field holding the prompt (dotted for nested), ``None``: the first of
+            ``problem``, ``question``, ``prompt`` present.
+        answer_key: the row field holding the ground truth, ``None``: the first of
+            ``reward_model.ground_truth``, ``ground_truth``, ``answer`` present.
+        prompt_template: how a problem becomes the prompt text: ``dapo_math`` (the DAPO/T-PPO
+            instruction to end with an ``Answer:`` line), ``none`` (the problem as it is), or a
+            string containing ``{problem}``. Applies to data files only.
+        chat_template: wrap the prompt as a user message with the tokenizer's chat template
+            (``apply_chat_template``, generation prompt added); ``None``: when it has one.
     """
 
     task: str = "lcg"
@@ -65,6 +82,12 @@ class DataConfig:
     eval_seed: int = 10_000
     shuffle: bool = True
     max_prompt_length: int = 64
+    train_files: list[str] = field(default_factory=list)
+    eval_file: str | None = None
+    prompt_key: str | None = None
+    answer_key: str | None = None
+    prompt_template: str = "dapo_math"
+    chat_template: bool | None = None
 
 
 @dataclass
@@ -210,12 +233,37 @@ class EvalConfig:
     Attributes:
         temperature: sampling temperature of evaluation (``None``: the rollout's).
         top_p: nucleus threshold of evaluation (``None``: the rollout's).
-        samples_per_prompt: samples per held-out prompt (accuracy is their mean).
+        samples_per_prompt: k, samples per held-out prompt: ``eval/avg_at_k`` (the paper's
+            metric; also logged as ``eval/accuracy``) is the mean score over them, ``eval/pass_at_k``
+            the share of prompts with at least one correct sample.
+        max_response_length: evaluation responses stop here (``None``: ``rollout.max_response_length``).
     """
 
     temperature: float | None = None
     top_p: float | None = None
     samples_per_prompt: int = 1
+    max_response_length: int | None = None
+
+
+@dataclass
+class RewardConfig:
+    """The outcome reward (paper eq. 7): ``(response text, ground truth) -> float``.
+
+    Attributes:
+        name: a registered reward (``math``: the final answer, from the last ``Answer:`` line or
+            else the last ``\\boxed{}``, checked with math-verify), ``task:<name>`` (a built-in
+            task's verifier) or ``module:function``. ``None``: the task's verifier with
+            ``data.task``, ``math`` with ``data.train_files``.
+        num_workers: worker processes that verify responses, isolated from the trainer: a
+            response whose verification runs past ``timeout_s`` scores 0 (``reward/timeouts``)
+            and its worker is killed and replaced. 0: verify in the trainer's process, without a
+            time limit. Built-in task verifiers (string comparisons) always run in-process.
+        timeout_s: per-response verification time limit, in seconds.
+    """
+
+    name: str | None = None
+    num_workers: int = 2
+    timeout_s: float = 10.0
 
 
 @dataclass
@@ -229,6 +277,7 @@ class TPPOConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
     def validate(self) -> None:
         """Refuse impossible combinations, naming the keys."""
@@ -258,6 +307,13 @@ class TPPOConfig:
         _require(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
         _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
         _require(self.data.train_size > 0, "data.train_size", "must be > 0")
+        _require(self.reward.num_workers >= 0, "reward.num_workers", "must be >= 0")
+        _require(self.reward.timeout_s > 0, "reward.timeout_s", f"must be > 0, got {self.reward.timeout_s}")
+        _require(
+            self.eval.max_response_length is None or self.eval.max_response_length > 0,
+            "eval.max_response_length",
+            "must be > 0",
+        )
         _require(self.data.eval_size >= 0, "data.eval_size", "must be >= 0")
         _require(
             self.model.dtype in ("float32", "bfloat16", "float16"),
@@ -318,6 +374,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             hint_text = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{hint_text}")
         return value
+    if origin is list:
+        (arg,) = typing.get_args(hint)
+        items = value if isinstance(value, list | tuple) else [value]  # one value: a list of one
+        return [_coerce(arg, v, f"{key}[{i}]") for i, v in enumerate(items)]
     if origin is tuple:
         args = typing.get_args(hint)
         if not isinstance(value, list | tuple) or len(value) != len(args):

@@ -27,13 +27,13 @@ from tppo.algorithms import (
     select_tokens,
 )
 from tppo.config import TPPOConfig, save_config
-from tppo.data import build_task_data
+from tppo.data import build_data
 from tppo.engines import SamplingParams, get_engine_factory
 from tppo.engines.base import Engine
 from tppo.evaluation import EvalResult, evaluate
 from tppo.metrics import MetricsLogger, PhaseTimer
 from tppo.models import Models, load_models, response_log_probs, response_values
-from tppo.rewards import score_responses
+from tppo.rewards import get_reward, score_responses
 from tppo.rollout.batch import RolloutBatch, collate, pack_rows
 from tppo.rollout.prompts import PromptStream
 from tppo.rollout.slot_pool import Slot, SlotPool
@@ -70,12 +70,11 @@ class Trainer:
         torch.manual_seed(config.trainer.seed)
         self.models = models or load_models(config.model)
         self.device = next(self.models.policy.parameters()).device
-        self.task, train_rows, self.eval_rows = build_task_data(
-            config.data, self.models.tokenizer, seed=config.trainer.seed
-        )
-        self.reward_fn = self.task.reward
+        data = build_data(config.data, self.models.tokenizer, seed=config.trainer.seed)
+        self.eval_rows = data.held_out
+        self.reward_fn = get_reward(config.reward.name or data.default_reward)
         stream = PromptStream(
-            train_rows,
+            data.train,
             samples_per_prompt=config.rollout.samples_per_prompt,
             seed=config.trainer.seed,
             shuffle=config.data.shuffle,
