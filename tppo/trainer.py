@@ -33,7 +33,7 @@ from tppo.engines.base import Engine
 from tppo.evaluation import EvalResult, evaluate
 from tppo.metrics import MetricsLogger, PhaseTimer
 from tppo.models import Models, load_models, response_log_probs, response_values
-from tppo.rewards import get_reward, score_responses
+from tppo.rewards import RewardScorer, ScoredBatch
 from tppo.rollout.batch import RolloutBatch, collate, pack_rows
 from tppo.rollout.prompts import PromptStream
 from tppo.rollout.slot_pool import Slot, SlotPool
@@ -72,7 +72,10 @@ class Trainer:
         self.device = next(self.models.policy.parameters()).device
         data = build_data(config.data, self.models.tokenizer, seed=config.trainer.seed)
         self.eval_rows = data.held_out
-        self.reward_fn = get_reward(config.reward.name or data.default_reward)
+        w = config.reward
+        self.scorer = RewardScorer(
+            w.name or data.default_reward, num_workers=w.num_workers, timeout_s=w.timeout_s
+        )
         stream = PromptStream(
             data.train,
             samples_per_prompt=config.rollout.samples_per_prompt,
@@ -106,7 +109,7 @@ class Trainer:
         with timer("generate"):
             self._generate(step, active)
         with timer("reward"):
-            scores, reward_errors = self._reward(active)
+            scores, scored = self._reward(active)
         batch = collate(active, pad_token_id=self.models.pad_token_id).to(self.device)
         with timer("score"):
             self._score(batch)
@@ -122,7 +125,8 @@ class Trainer:
         metrics = self._step_metrics(batch, retired, scores, new_prompts, actor, critic)
         metrics.update(timer.as_metrics())
         metrics["time/step_s"] = sum(timer.seconds.values())
-        metrics["reward/errors"] = reward_errors
+        metrics["reward/errors"] = scored.errors
+        metrics["reward/timeouts"] = scored.timeouts
         metrics["optim/lr_factor"] = lr_factor
         return metrics
 
@@ -131,19 +135,19 @@ class Trainer:
         completions = self.engine.generate(prefixes, budgets, self.sampling)
         self.pool.record(step, completions, self.models.eos_token_ids)
 
-    def _reward(self, active: list[Slot]) -> tuple[torch.Tensor, int]:
+    def _reward(self, active: list[Slot]) -> tuple[torch.Tensor, ScoredBatch]:
         """Scores ``Tensor[B]``: the outcome reward of finished slots, 0 for unfinished ones."""
         finished = [i for i, slot in enumerate(active) if slot.finished]
         decode = self.models.tokenizer.decode
         texts = [str(decode(active[i].response_ids, skip_special_tokens=True)) for i in finished]
-        result = score_responses(self.reward_fn, texts, [active[i].prompt.ground_truth for i in finished])
+        result = self.scorer.score(texts, [active[i].prompt.ground_truth for i in finished])
         scores = torch.zeros(len(active), dtype=torch.float32)
         truncated_reward = self.config.algorithm.truncated_reward
         for i, score in zip(finished, result.scores, strict=True):
             if truncated_reward is not None and active[i].finish == "max_length":
                 score = truncated_reward
             scores[i] = score
-        return scores.to(self.device), result.errors
+        return scores.to(self.device), result
 
     @torch.no_grad()
     def _score(self, batch: RolloutBatch) -> None:
@@ -314,10 +318,10 @@ class Trainer:
             return evaluate(
                 self.engine,
                 self.models.tokenizer,
-                self.reward_fn,
+                self.scorer.score,
                 self.eval_rows,
                 sampling=sampling,
-                max_response_length=r.max_response_length,
+                max_response_length=e.max_response_length or r.max_response_length,
                 samples_per_prompt=e.samples_per_prompt,
             )
         finally:
@@ -359,6 +363,7 @@ class Trainer:
         finally:
             bar.close()
             logger.close()
+            self.scorer.close()
         self.save(self.output_dir / "final")
         return history
 
