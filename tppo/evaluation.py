@@ -104,7 +104,7 @@ def evaluate(
     max_response_length: int,
     samples_per_prompt: int = 1,
     prompts_per_batch: int | None = None,
-    on_batch: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], object] | None = None,
 ) -> EvalResult:
     """Generate ``samples_per_prompt`` responses per row and score them.
 

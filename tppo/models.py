@@ -24,6 +24,7 @@ from transformers import (
 )
 
 from tppo.config import ModelConfig
+from tppo.pretrained import PRETRAINED
 from tppo.rollout.batch import RolloutBatch
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_model_path(name: str) -> str:
-    """A built-in name -> its folder; a local path must exist; anything else is a Hub name."""
+    """A built-in name (``tppo-demo``) or a pretrained alias (``smollm2-135m-instruct``, see
+    :mod:`tppo.pretrained`) -> its folder; a local path must exist; anything else is a Hub name."""
     if name in BUILTIN_MODELS:
         return str(BUILTIN_MODELS[name])
+    if name in PRETRAINED:
+        return str(PRETRAINED[name]())
     looks_local = name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
     if looks_local and not Path(name).expanduser().exists():
         raise FileNotFoundError(f"model path {name!r} does not exist")
@@ -59,25 +63,41 @@ class Models:
     pad_token_id: int
 
 
-def load_models(config: ModelConfig) -> Models:
-    """Tokenizer, policy and value model on the configured device, dropout off in both."""
+@dataclass
+class Policy:
+    tokenizer: PreTrainedTokenizerBase
+    model: PreTrainedModel
+    eos_token_ids: list[int]
+    pad_token_id: int
+
+
+def load_policy(config: ModelConfig) -> Policy:
+    """Tokenizer and policy on the configured device, dropout off; the EOS ids are the tokenizer's
+    and the generation config's."""
     device, dtype = resolve_device(config.device), DTYPES[config.dtype]
-    policy_path = resolve_model_path(config.policy_path)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.tokenizer_path or config.policy_path))
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {config.tokenizer_path or config.policy_path!r} has no EOS token")
-    policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype)
-    value = load_value_model(resolve_model_path(config.value_path or config.policy_path), dtype)
+    policy = AutoModelForCausalLM.from_pretrained(resolve_model_path(config.policy_path), dtype=dtype)
     policy.to(device)  # type: ignore[arg-type]  # transformers' stubs type `.to` for the model, not a device
-    value.to(device)  # type: ignore[arg-type]
-    for model in (policy, value):
-        disable_dropout(model)
+    disable_dropout(policy)
     eos_ids = {int(tokenizer.eos_token_id)}
     generation_eos = getattr(policy.generation_config, "eos_token_id", None)
     if generation_eos is not None:
         eos_ids.update([generation_eos] if isinstance(generation_eos, int) else generation_eos)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Models(tokenizer, policy, value, sorted(eos_ids), int(pad))
+    return Policy(tokenizer, policy, sorted(eos_ids), int(pad))
+
+
+def load_models(config: ModelConfig) -> Models:
+    """Tokenizer, policy and value model on the configured device, dropout off in both."""
+    policy = load_policy(config)
+    value = load_value_model(
+        resolve_model_path(config.value_path or config.policy_path), DTYPES[config.dtype]
+    )
+    value.to(resolve_device(config.device))  # type: ignore[arg-type]
+    disable_dropout(value)
+    return Models(policy.tokenizer, policy.model, value, policy.eos_token_ids, policy.pad_token_id)
 
 
 def load_value_model(path: str, dtype: torch.dtype) -> PreTrainedModel:

@@ -23,11 +23,12 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from tppo.rollout.prompts import PromptRow
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DAPO_MATH_TEMPLATE = (
     "Solve the following math problem step by step. The last line of your response should be of the "
