@@ -266,14 +266,14 @@ def problem_rows(
     max_prompt_length: int,
 ) -> list[PromptRow]:
     """Tokenised prompt rows; a prompt over ``max_prompt_length`` tokens is an error naming its row."""
+    texts = [render_prompt(problem, tokenizer, template=template, chat=chat) for problem in problems]
+    token_ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []  # one batched call
     rows = []
-    for problem in problems:
-        text = render_prompt(problem, tokenizer, template=template, chat=chat)
-        ids = tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
+    for problem, text, ids in zip(problems, texts, token_ids, strict=True):
         if len(ids) > max_prompt_length:
             raise DataError(
                 f"{problem.source}: prompt of {len(ids)} tokens exceeds data.max_prompt_length="
                 f"{max_prompt_length}"
             )
-        rows.append(PromptRow(token_ids=ids, ground_truth=problem.ground_truth, text=text))
+        rows.append(PromptRow(token_ids=tuple(ids), ground_truth=problem.ground_truth, text=text))
     return rows
