@@ -93,3 +93,40 @@ def test_tppo_eval_names_a_malformed_row(tmp_path, capsys):
     argv = ["eval", "--model", "tppo-demo", "--data", str(data), "--output-dir", str(tmp_path / "o")]
     assert main(argv) == 2
     assert "bad.jsonl: row 2: missing field" in capsys.readouterr().err
+
+
+def test_trainer_evaluates_a_held_out_file_every_n_steps(tmp_path):
+    from tppo.config import load_config
+    from tppo.trainer import Trainer
+
+    task = get_task("lcg")
+    train, held = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    train.write_text(
+        "".join(json.dumps({"prompt": e.prompt, "answer": e.answer}) + "\n" for e in task.examples(8, 1))
+    )
+    held.write_text(
+        "".join(json.dumps({"question": e.prompt, "answer": e.answer}) + "\n" for e in task.examples(5, 2))
+    )
+    overrides = [
+        f"data.train_files=[{train}]",
+        f"data.eval_file={held}",
+        "data.eval_size=3",
+        "data.prompt_template=none",
+        "reward.name=task:lcg",
+        "rollout.num_slots=4",
+        "rollout.window_length=16",
+        "rollout.max_response_length=32",
+        "eval.samples_per_prompt=2",
+        "trainer.total_steps=2",
+        "trainer.eval_every=1",
+        "trainer.progress=false",
+        "trainer.tensorboard=false",
+        "model.device=cpu",
+    ]
+    history = Trainer(load_config(None, overrides), tmp_path / "run").train()
+    evals = [row for row in history if "eval/avg_at_k" in row]
+    assert [row["step"] for row in evals] == [-1, 0, 1]  # before training, then every step
+    assert all(0 <= row["eval/avg_at_k"] <= row["eval/pass_at_k"] <= 1 for row in evals)
+    assert all(row["reward/timeouts"] == 0 for row in history if row["step"] >= 0)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert "eval/avg_at_k" in lines
