@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 from conftest import make_tiny_qwen2
 from transformers import Qwen2ForTokenClassification
@@ -117,3 +119,19 @@ def test_pack_rows_sorts_longest_first_and_respects_the_budget():
     assert [p.tolist() for p in pack_rows(torch.tensor([5]), lengths, max_tokens=10)] == [
         [5]
     ]  # over budget: alone
+
+
+def test_builtin_base_models_resolve_and_speak_their_tasks_alphabet():
+    from transformers import AutoTokenizer
+
+    from tppo.models import BUILTIN_MODELS, resolve_model_path
+    from tppo.tasks import get_task
+
+    for name, task in (("tppo-demo", "lcg"), ("tppo-collatz", "collatz")):
+        path = resolve_model_path(name)
+        assert path == str(BUILTIN_MODELS[name])
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        example = get_task(task).sample(random.Random(0))
+        ids = tokenizer(example.prompt + example.solution, add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids
+        assert tokenizer.decode(ids) == example.prompt + example.solution

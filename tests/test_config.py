@@ -103,3 +103,22 @@ def test_cli_hands_sft_flags_to_the_sft_parser(capsys):
         main(["sft", "--help"])
     assert exit_info.value.code == 0
     assert "--output-dir" in capsys.readouterr().out
+
+
+def test_distributed_defaults_keep_one_process_and_bad_worker_settings_are_refused():
+    d = TPPOConfig().distributed
+    assert (d.rollout_workers, d.train_workers, d.uses_ray) == (0, 0, False)
+    config = load_config(None, ["distributed.train_workers=2", "distributed.train.num_gpus=1"])
+    assert config.distributed.resolved_backend() == "nccl" and config.distributed.uses_ray
+    assert load_config(None, ["distributed.train_workers=2"]).distributed.resolved_backend() == "gloo"
+    for overrides, message in [
+        (["distributed.rollout_workers=-1"], "distributed.rollout_workers"),
+        (["rollout.num_slots=4", "distributed.rollout_workers=5"], "must not exceed rollout.num_slots"),
+        (["distributed.train.num_cpus=-1"], "distributed.train.num_cpus"),
+        (["distributed.train_workers=2", "distributed.backend=nccl"], "nccl needs GPUs"),
+        (["distributed.backend=mpi"], "is not one of"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(None, overrides)
+    with pytest.raises(ConfigError, match=r"did you mean distributed\.rollout\.num_gpus"):
+        load_config(None, ["distributed.rollout.num_gpu=1"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -123,7 +124,35 @@ def test_learning_rates_follow_the_schedule_step_by_step(tmp_path):
     for _ in range(3):
         metrics = trainer.train_step()
         factors.append(metrics["optim/lr_factor"])
-        assert trainer.actor_optim.param_groups[0]["lr"] == pytest.approx(1e-3 * factors[-1])
-        assert trainer.critic_optim.param_groups[0]["lr"] == pytest.approx(2e-3 * factors[-1])
+        assert trainer.learner.actor_optim.param_groups[0]["lr"] == pytest.approx(1e-3 * factors[-1])
+        assert trainer.learner.critic_optim.param_groups[0]["lr"] == pytest.approx(2e-3 * factors[-1])
     # step 0 warms up (1 / 1), then linear over the 4 steps after it: 1.0, 0.8
     assert factors == pytest.approx([1.0, 1.0, 0.8])
+
+
+def test_truncation_diagnostics_are_logged_and_consistent(tmp_path):
+    trainer = Trainer(load_config(None, [*SMALL, "algorithm.policy_skip_tail=2"]), tmp_path)
+    rows = [trainer.train_step() for _ in range(4)]
+    first = rows[0]
+    # the first step's finished responses were generated in that step alone: one version, none stale
+    if first["rollout/finished"]:
+        assert first["diagnostics/policy_versions_mean"] == 1.0
+        assert first["diagnostics/stale_value_token_frac"] == 0.0
+        assert first["diagnostics/bootstrap_edges"] == 0
+    later = [r for r in rows[1:] if r["diagnostics/bootstrap_edges"] > 0]
+    assert later, "carried responses finished and were bootstrapped at earlier edges"
+    for row in later:
+        assert row["diagnostics/policy_versions_mean"] > 1.0
+        assert 0.0 < row["diagnostics/stale_value_token_frac"] <= 1.0
+        assert row["diagnostics/bootstrap_error_abs"] >= abs(row["diagnostics/bootstrap_error_signed"])
+    # every unfinished slot has one bootstrap per edge it crossed, at the end of each window
+    for slot in trainer.pool.active():
+        assert len(slot.bootstrap_positions) == len(set(slot.token_steps))
+        ends = [
+            i
+            for i in range(len(slot.token_steps))
+            if i + 1 == len(slot.token_steps) or slot.token_steps[i + 1] != slot.token_steps[i]
+        ]
+        assert slot.bootstrap_positions == ends
+    assert any(not math.isnan(r["diagnostics/tail_adv_abs_mean"]) for r in rows)
+    assert all(not math.isnan(r["diagnostics/rest_adv_abs_mean"]) for r in rows)

@@ -1,4 +1,4 @@
-"""``tppo`` command line: train, eval, sft, plot."""
+"""``tppo`` command line: train, eval, sft, bench, plot."""
 
 from __future__ import annotations
 
@@ -31,7 +31,11 @@ def _train(args: argparse.Namespace) -> int:
     from tppo.plotting import plot_runs
     from tppo.trainer import Trainer
 
-    history = Trainer(config, output_dir).train()
+    trainer = Trainer(config, output_dir)
+    try:
+        history = trainer.train()
+    finally:
+        trainer.close()
     plot = plot_runs([output_dir], output_dir / "plot.png")
     evals = [row["eval/accuracy"] for row in history if "eval/accuracy" in row]
     if evals:
@@ -53,6 +57,28 @@ def _eval(args: argparse.Namespace) -> int:
         f"on {summary['problems']} problems; {summary['samples_per_s']:.2f} samples/s; "
         f"results in {args.output_dir}"
     )
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from tppo.bench import BenchSpec, run_bench
+
+    spec = BenchSpec(
+        config=args.config,
+        overrides=args.overrides,
+        output_dir=Path(args.output_dir),
+        seeds=list(range(args.seeds)),
+        windows=args.windows or [],
+        budget_s=args.budget_s,
+        target_accuracy=args.target,
+    )
+    summary = run_bench(spec)  # refuses a bad config before anything trains
+    for name, speedup in summary["speedup_to_target"].items():
+        label = summary["methods"][name]["label"]
+        mean = speedup["mean"]
+        shown = "not reached" if mean is None else f"{mean:.2f}x (std {speedup['std']:.2f}, n={speedup['n']})"
+        print(f"{label}: speed-up to accuracy {summary['target_accuracy']:.3f} over PPO: {shown}")
+    print(f"report: {spec.output_dir / 'report.md'}")
     return 0
 
 
@@ -83,6 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Listed for `tppo --help`; `main` hands `tppo sft ...` to tppo.sft's own parser.
     sub.add_parser("sft", help="supervised warm-up of the demo base model (tppo sft --help)")
+
+    bench = sub.add_parser("bench", help="T-PPO at several windows vs PPO, over seeds: report and figures")
+    bench.add_argument("--config", help="YAML file every run starts from")
+    bench.add_argument(
+        "--output-dir", default="runs/bench", help="report directory (resumes a bench cut short)"
+    )
+    bench.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, each method once per seed")
+    bench.add_argument("--windows", type=int, nargs="*", help="T-PPO windows l (default L/8 L/4 L/2)")
+    bench.add_argument("--budget-s", type=float, help="training wall-clock per run (default: the config's)")
+    bench.add_argument(
+        "--target", type=float, help="target accuracy (default: the highest every run reached)"
+    )
+    bench.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
+    bench.set_defaults(func=_bench)
 
     plot = sub.add_parser("plot", help="plot accuracy and reward vs wall-clock of one or more runs")
     plot.add_argument("run_dirs", nargs="+")

@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -267,6 +267,59 @@ class RewardConfig:
 
 
 @dataclass
+class WorkerResources:
+    """What Ray reserves for one worker (an actor).
+
+    Attributes:
+        num_cpus: CPU cores per worker (also its torch thread count, unless ``trainer.num_threads``).
+        num_gpus: GPUs per worker (fractions share one GPU between workers; 0: CPU only).
+    """
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass
+class DistributedConfig:
+    """Scale-out: the same trainer phases with remote roles, driven by this process (the controller).
+
+    Attributes:
+        rollout_workers: Ray actors that each hold a rollout engine and continue a contiguous share of
+            the occupied slots every step (results merged back in slot order); they load the policy
+            from ``model.policy_path`` and get the trained weights after every update. 0: the engine
+            runs in this process (the default; no Ray).
+        train_workers: training processes (Ray actors joined by ``torch.distributed``) that hold the
+            policy and value models sharded with FSDP2 (``fully_shard`` per decoder layer) and each
+            train on a share of every minibatch's rows; losses are token means over the minibatch's
+            global token count and gradients are summed, so the update equals the single-process one.
+            0: the models train in this process (the default; no Ray).
+        ray_address: the Ray cluster: ``None`` starts a local one inside this process; ``auto`` joins
+            the one started on this machine with ``ray start --head``; ``host:6379`` or
+            ``ray://host:10001`` joins that one.
+        rollout: resources of each rollout worker.
+        train: resources of each training worker.
+        backend: ``torch.distributed`` backend of the training workers: ``auto`` (``nccl`` when they
+            have GPUs, else ``gloo``), ``gloo`` or ``nccl``.
+    """
+
+    rollout_workers: int = 0
+    train_workers: int = 0
+    ray_address: str | None = None
+    rollout: WorkerResources = field(default_factory=WorkerResources)
+    train: WorkerResources = field(default_factory=WorkerResources)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+
+    @property
+    def uses_ray(self) -> bool:
+        return self.rollout_workers > 0 or self.train_workers > 0
+
+    def resolved_backend(self) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "nccl" if self.train.num_gpus > 0 else "gloo"
+
+
+@dataclass
 class TPPOConfig:
     """Everything ``tppo train`` reads. YAML sections mirror these fields."""
 
@@ -278,6 +331,7 @@ class TPPOConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> None:
         """Refuse impossible combinations, naming the keys."""
@@ -306,6 +360,7 @@ class TPPOConfig:
         o = self.optim
         _require(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
         _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
+        self._validate_distributed()
         _require(self.data.train_size > 0, "data.train_size", "must be > 0")
         _require(self.reward.num_workers >= 0, "reward.num_workers", "must be >= 0")
         _require(self.reward.timeout_s > 0, "reward.timeout_s", f"must be > 0, got {self.reward.timeout_s}")
@@ -319,6 +374,28 @@ class TPPOConfig:
             self.model.dtype in ("float32", "bfloat16", "float16"),
             "model.dtype",
             f"must be float32, bfloat16 or float16, got {self.model.dtype!r}",
+        )
+
+    def _validate_distributed(self) -> None:
+        d = self.distributed
+        _require(
+            d.rollout_workers >= 0, "distributed.rollout_workers", f"must be >= 0, got {d.rollout_workers}"
+        )
+        _require(
+            d.rollout_workers <= self.rollout.num_slots,
+            "distributed.rollout_workers",
+            f"({d.rollout_workers}) must not exceed rollout.num_slots ({self.rollout.num_slots})",
+        )
+        _require(d.train_workers >= 0, "distributed.train_workers", f"must be >= 0, got {d.train_workers}")
+        for role in ("rollout", "train"):
+            resources: WorkerResources = getattr(d, role)
+            for key in ("num_cpus", "num_gpus"):
+                value = getattr(resources, key)
+                _require(value >= 0, f"distributed.{role}.{key}", f"must be >= 0, got {value}")
+        _require(
+            not (d.resolved_backend() == "nccl" and d.train_workers > 0 and d.train.num_gpus == 0),
+            "distributed.backend",
+            "nccl needs GPUs: set distributed.train.num_gpus (e.g. 1) or use gloo",
         )
 
 
@@ -438,8 +515,14 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TPPOConfig:
-    """Defaults, then the YAML file at ``path``, then ``overrides``; validated."""
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, *, validate: bool = True
+) -> TPPOConfig:
+    """Defaults, then the YAML file at ``path``, then ``overrides``; validated unless told not to.
+
+    Keys and types are always checked; ``validate=False`` skips only the checks across values (a
+    base config whose window a caller sets afterwards, as ``tppo bench`` does).
+    """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -455,7 +538,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = loaded or {}
     data = merge(data, parse_overrides(overrides or []))
     config = from_dict(TPPOConfig, data)
-    config.validate()
+    if validate:
+        config.validate()
     return config
 
 

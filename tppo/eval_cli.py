@@ -54,24 +54,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tppo.config import ModelConfig
     from tppo.engines import SamplingParams, get_engine_factory
     from tppo.evaluation import evaluate
-    from tppo.models import load_policy
+    from tppo.models import load_policy, load_vocabulary
     from tppo.rewards import RewardScorer
     from tppo.sources import load_problems, problem_rows
 
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
-    policy = load_policy(ModelConfig(policy_path=args.model, device=args.device, dtype=args.dtype))
+    model_config = ModelConfig(policy_path=args.model, device=args.device, dtype=args.dtype)
+    vocabulary, policy = load_vocabulary(model_config), load_policy(model_config)
     problems = load_problems(args.data, limit=args.limit)
     chat = {"auto": None, "yes": True, "no": False}[args.chat_template]
     rows = problem_rows(
         problems,
-        policy.tokenizer,
+        vocabulary.tokenizer,
         template=args.template,
         chat=chat,
         max_prompt_length=args.max_prompt_length,
     )
     engine = get_engine_factory(args.engine)(
-        policy.model, eos_token_ids=policy.eos_token_ids, pad_token_id=policy.pad_token_id, seed=args.seed
+        policy, eos_token_ids=vocabulary.eos_token_ids, pad_token_id=vocabulary.pad_token_id, seed=args.seed
     )
     scorer = RewardScorer(args.reward, num_workers=2, timeout_s=args.reward_timeout)
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p)
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with tqdm(total=len(rows), desc="tppo eval", unit="problem", dynamic_ncols=True) as bar:
             result = evaluate(
                 engine,
-                policy.tokenizer,
+                vocabulary.tokenizer,
                 scorer.score,
                 rows,
                 sampling=sampling,

@@ -19,6 +19,7 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForTokenClassification,
     AutoTokenizer,
+    GenerationConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -29,7 +30,10 @@ from tppo.rollout.batch import RolloutBatch
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODELS = {"tppo-demo": Path(__file__).parent / "assets" / "demo_base"}
+BUILTIN_MODELS = {
+    "tppo-demo": Path(__file__).parent / "assets" / "demo_base",
+    "tppo-collatz": Path(__file__).parent / "assets" / "collatz_base",
+}
 """Names that resolve to checkpoints shipped inside the package."""
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,6 +59,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 @dataclass
+class Vocabulary:
+    """What the controller needs of the tokenizer: decoding, and the ids that end or pad a response."""
+
+    tokenizer: PreTrainedTokenizerBase
+    eos_token_ids: list[int]
+    pad_token_id: int
+
+
+@dataclass
 class Models:
     tokenizer: PreTrainedTokenizerBase
     policy: PreTrainedModel
@@ -62,42 +75,48 @@ class Models:
     eos_token_ids: list[int]
     pad_token_id: int
 
-
-@dataclass
-class Policy:
-    tokenizer: PreTrainedTokenizerBase
-    model: PreTrainedModel
-    eos_token_ids: list[int]
-    pad_token_id: int
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary(self.tokenizer, self.eos_token_ids, self.pad_token_id)
 
 
-def load_policy(config: ModelConfig) -> Policy:
-    """Tokenizer and policy on the configured device, dropout off; the EOS ids are the tokenizer's
-    and the generation config's."""
-    device, dtype = resolve_device(config.device), DTYPES[config.dtype]
+def load_vocabulary(config: ModelConfig) -> Vocabulary:
+    """The tokenizer, with the EOS ids of the tokenizer and of the policy's generation config
+    (no weights are loaded: a distributed controller needs only this)."""
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.tokenizer_path or config.policy_path))
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {config.tokenizer_path or config.policy_path!r} has no EOS token")
-    policy = AutoModelForCausalLM.from_pretrained(resolve_model_path(config.policy_path), dtype=dtype)
-    policy.to(device)  # type: ignore[arg-type]  # transformers' stubs type `.to` for the model, not a device
-    disable_dropout(policy)
     eos_ids = {int(tokenizer.eos_token_id)}
-    generation_eos = getattr(policy.generation_config, "eos_token_id", None)
+    try:
+        generation_eos = GenerationConfig.from_pretrained(resolve_model_path(config.policy_path)).eos_token_id
+    except OSError:  # the checkpoint has no generation_config.json
+        generation_eos = None
     if generation_eos is not None:
         eos_ids.update([generation_eos] if isinstance(generation_eos, int) else generation_eos)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Policy(tokenizer, policy, sorted(eos_ids), int(pad))
+    return Vocabulary(tokenizer, sorted(eos_ids), int(pad))
+
+
+def load_policy(config: ModelConfig) -> PreTrainedModel:
+    """The policy alone, on the configured device, dropout off (what a rollout worker holds)."""
+    policy = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(config.policy_path), dtype=DTYPES[config.dtype]
+    )
+    policy.to(resolve_device(config.device))  # type: ignore[arg-type]  # stubs type `.to` for the model
+    disable_dropout(policy)
+    return policy
 
 
 def load_models(config: ModelConfig) -> Models:
     """Tokenizer, policy and value model on the configured device, dropout off in both."""
+    vocabulary = load_vocabulary(config)
     policy = load_policy(config)
     value = load_value_model(
         resolve_model_path(config.value_path or config.policy_path), DTYPES[config.dtype]
     )
     value.to(resolve_device(config.device))  # type: ignore[arg-type]
     disable_dropout(value)
-    return Models(policy.tokenizer, policy.model, value, policy.eos_token_ids, policy.pad_token_id)
+    return Models(vocabulary.tokenizer, policy, value, vocabulary.eos_token_ids, vocabulary.pad_token_id)
 
 
 def load_value_model(path: str, dtype: torch.dtype) -> PreTrainedModel:

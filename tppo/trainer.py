@@ -28,49 +28,46 @@ from tppo.algorithms import (
 )
 from tppo.config import TPPOConfig, save_config
 from tppo.data import build_data
-from tppo.engines import SamplingParams, get_engine_factory
-from tppo.engines.base import Engine
+from tppo.diagnostics import (
+    bootstrap_errors,
+    policy_versions,
+    stale_token_fraction,
+    summarize_errors,
+    tail_advantage_stats,
+)
+from tppo.engines import SamplingParams
 from tppo.evaluation import EvalResult, evaluate
+from tppo.learner import Learner
 from tppo.metrics import MetricsLogger, PhaseTimer
-from tppo.models import Models, load_models, response_log_probs, response_values
+from tppo.models import Models, load_vocabulary
 from tppo.rewards import RewardScorer, ScoredBatch
-from tppo.rollout.batch import RolloutBatch, collate, pack_rows
+from tppo.roles import build_learner, build_rollout
+from tppo.rollout.batch import RolloutBatch, collate
 from tppo.rollout.prompts import PromptStream
 from tppo.rollout.slot_pool import Slot, SlotPool
 from tppo.schedules import expected_total_steps, lr_multiplier, run_progress
-from tppo.update import UpdateSchedule, actor_loss_fn, critic_loss_fn, run_update
 
 log = logging.getLogger(__name__)
 
-
-def build_engine(config: TPPOConfig, models: Models) -> Engine:
-    """The configured rollout engine, generating with the policy's current weights."""
-    factory = get_engine_factory(config.rollout.engine)
-    return factory(
-        models.policy,
-        eos_token_ids=models.eos_token_ids,
-        pad_token_id=models.pad_token_id,
-        seed=config.trainer.seed,
-        max_batch_size=config.rollout.max_batch_size,
-    )
-
-
-def build_optimizer(model: torch.nn.Module, lr: float, config: TPPOConfig) -> torch.optim.AdamW:
-    o = config.optim
-    return torch.optim.AdamW(model.parameters(), lr=lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+DIAGNOSTIC_TAIL = 8
+"""Tokens at each window edge whose advantages ``diagnostics/tail_adv_*`` report when
+``algorithm.policy_skip_tail`` is 0 (with it set, the tail is what it skips)."""
 
 
 class Trainer:
-    """Owns the models, the engine, the slot pool and the optimizers; ``train()`` runs the loop."""
+    """The controller: owns the slot pool and drives the two roles, the rollout engine (sync,
+    generate) and the learner (score, actor, critic), in process or remote (``distributed.*``,
+    see :mod:`tppo.roles`); ``train()`` runs the loop."""
 
     def __init__(self, config: TPPOConfig, output_dir: Path, *, models: Models | None = None) -> None:
         self.config, self.output_dir = config, Path(output_dir)
         if config.trainer.num_threads:
             torch.set_num_threads(config.trainer.num_threads)
         torch.manual_seed(config.trainer.seed)
-        self.models = models or load_models(config.model)
-        self.device = next(self.models.policy.parameters()).device
-        data = build_data(config.data, self.models.tokenizer, seed=config.trainer.seed)
+        self.vocabulary = models.vocabulary if models is not None else load_vocabulary(config.model)
+        self.learner = build_learner(config, models)
+        self.device = self.learner.device
+        data = build_data(config.data, self.vocabulary.tokenizer, seed=config.trainer.seed)
         self.eval_rows = data.held_out
         w = config.reward
         self.scorer = RewardScorer(
@@ -90,12 +87,16 @@ class Trainer:
             max_response_length=r.max_response_length,
         )
         self.sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
-        self.engine = build_engine(config, self.models)
-        self.actor_optim = build_optimizer(self.models.policy, config.optim.actor_lr, config)
-        self.critic_optim = build_optimizer(self.models.value, config.optim.critic_lr, config)
-        self.update_generator = torch.Generator().manual_seed(config.trainer.seed)
+        self.engine = build_rollout(config, self.learner, self.vocabulary)
         self.step = 0
         self.train_seconds = 0.0
+
+    @property
+    def models(self) -> Models:
+        """The in-process models (single-process training only)."""
+        if not isinstance(self.learner, Learner):
+            raise AttributeError("the models live in the training workers (distributed.train_workers > 0)")
+        return self.learner.models
 
     # ------------------------------------------------------------------ the step
     def train_step(self) -> dict[str, Any]:
@@ -105,16 +106,17 @@ class Trainer:
             new_prompts = self.pool.fill(step)
         active = self.pool.active()
         with timer("sync"):
-            self.engine.update_weights(self.models.policy.named_parameters())
+            self.engine.update_weights(self.learner.policy_weights())
         with timer("generate"):
             self._generate(step, active)
         with timer("reward"):
             scores, scored = self._reward(active)
-        batch = collate(active, pad_token_id=self.models.pad_token_id).to(self.device)
+        batch = collate(active, pad_token_id=self.vocabulary.pad_token_id).to(self.device)
         with timer("score"):
-            self._score(batch)
+            batch.per_token.update(self.learner.score(batch))
         with timer("estimate"):
             self._estimate(batch, scores, step)
+            _record_bootstraps(active, batch)
         lr_factor = self._set_learning_rates()
         with timer("actor"):
             actor = self._update_actor(batch)
@@ -124,6 +126,7 @@ class Trainer:
         self.step += 1
         metrics = self._step_metrics(batch, retired, scores, new_prompts, actor, critic)
         metrics.update(timer.as_metrics())
+        metrics.update(self._worker_metrics(active, step))
         metrics["time/step_s"] = sum(timer.seconds.values())
         metrics["reward/errors"] = scored.errors
         metrics["reward/timeouts"] = scored.timeouts
@@ -133,12 +136,22 @@ class Trainer:
     def _generate(self, step: int, active: list[Slot]) -> None:
         prefixes, budgets = self.pool.requests()
         completions = self.engine.generate(prefixes, budgets, self.sampling)
-        self.pool.record(step, completions, self.models.eos_token_ids)
+        self.pool.record(step, completions, self.vocabulary.eos_token_ids)
+
+    def _worker_metrics(self, active: list[Slot], step: int) -> dict[str, int]:
+        """With several rollout workers: how many carried-over responses each one continued."""
+        owners = self.engine.workers_of(len(active))
+        if max(owners, default=0) == 0:
+            return {}
+        carried = [0] * (max(owners) + 1)
+        for owner, slot in zip(owners, active, strict=True):
+            carried[owner] += slot.start_step < step
+        return {f"rollout/carried_worker{i}": n for i, n in enumerate(carried)}
 
     def _reward(self, active: list[Slot]) -> tuple[torch.Tensor, ScoredBatch]:
         """Scores ``Tensor[B]``: the outcome reward of finished slots, 0 for unfinished ones."""
         finished = [i for i, slot in enumerate(active) if slot.finished]
-        decode = self.models.tokenizer.decode
+        decode = self.vocabulary.tokenizer.decode
         texts = [str(decode(active[i].response_ids, skip_special_tokens=True)) for i in finished]
         result = self.scorer.score(texts, [active[i].prompt.ground_truth for i in finished])
         scores = torch.zeros(len(active), dtype=torch.float32)
@@ -148,27 +161,6 @@ class Trainer:
                 score = truncated_reward
             scores[i] = score
         return scores.to(self.device), result
-
-    @torch.no_grad()
-    def _score(self, batch: RolloutBatch) -> None:
-        """``old_values`` for every response token; ``old_log_probs`` unless the actor's own
-        first forward pass gives them (one epoch, one minibatch: then they are identical)."""
-        a = self.config.algorithm
-        rows = torch.arange(len(batch.is_finished), device=self.device)
-        packs = pack_rows(rows, batch.lengths, max_tokens=a.micro_batch_tokens)
-        batch.per_token["old_values"] = _stitch(
-            packs, [response_values(self.models.value, batch.select(p)) for p in packs], batch.response_mask
-        )
-        if not a.recompute_old_log_probs:
-            batch.per_token["old_log_probs"] = batch.engine_log_probs
-        elif a.ppo_epochs > 1 or a.num_minibatches > 1:
-            self.models.policy.eval()
-            temperature = self.sampling.temperature
-            pieces = [
-                response_log_probs(self.models.policy, batch.select(p), temperature=temperature)[0]
-                for p in packs
-            ]
-            batch.per_token["old_log_probs"] = _stitch(packs, pieces, batch.response_mask)
 
     def _estimate(self, batch: RolloutBatch, scores: torch.Tensor, step: int) -> None:
         """EGAE advantages (over each response's history; only this window's are trained),
@@ -217,51 +209,18 @@ class Trainer:
             schedule=o.lr_schedule,
             min_ratio=o.min_lr_ratio,
         )
-        for optimizer, base in ((self.actor_optim, o.actor_lr), (self.critic_optim, o.critic_lr)):
-            for group in optimizer.param_groups:
-                group["lr"] = base * factor
+        self.learner.set_learning_rates(o.actor_lr * factor, o.critic_lr * factor)
         return factor
 
     def _update_actor(self, batch: RolloutBatch) -> dict[str, float]:
         """The clipped policy update on this window's tokens (none during critic warm-up)."""
         if self.step < self.config.trainer.critic_warmup_steps:
             return {"updates": 0.0}
-        a = self.config.algorithm
-        loss_fn = actor_loss_fn(
-            temperature=self.sampling.temperature,
-            clip_eps_low=a.clip_eps_low,
-            clip_eps_high=a.clip_eps_high,
-            dual_clip=a.dual_clip,
-        )
-        return run_update(
-            self.models.policy,
-            self.actor_optim,
-            batch,
-            mask_key="policy_mask",
-            loss_fn=loss_fn,
-            schedule=self._schedule(),
-            generator=self.update_generator,
-        )
+        return self.learner.update_actor(batch)
 
     def _update_critic(self, batch: RolloutBatch) -> dict[str, float]:
         """Monte-Carlo value regression on finished responses; no finished response, no update."""
-        a = self.config.algorithm
-        loss_fn = critic_loss_fn(value_clip_low=a.value_clip_low, value_clip_high=a.value_clip_high)
-        return run_update(
-            self.models.value,
-            self.critic_optim,
-            batch,
-            mask_key="value_mask",
-            loss_fn=loss_fn,
-            schedule=self._schedule(),
-            generator=self.update_generator,
-        )
-
-    def _schedule(self) -> UpdateSchedule:
-        a = self.config.algorithm
-        return UpdateSchedule(
-            a.ppo_epochs, a.num_minibatches, a.micro_batch_tokens, self.config.optim.max_grad_norm
-        )
+        return self.learner.update_critic(batch)
 
     # ------------------------------------------------------------------ metrics
     def _step_metrics(
@@ -292,6 +251,7 @@ class Trainer:
             "reward/mean": float(scores[finished].mean()) if finished.any() else math.nan,
             "response_length/mean": sum(lengths) / len(lengths) if lengths else math.nan,
             "response_length/max": max(lengths) if lengths else math.nan,
+            "response_length/values": lengths,
             "advantages/raw_mean": float(masked_mean(per_token["raw_advantages"], per_token["policy_mask"])),
             "critic/explained_variance": float(
                 explained_variance(per_token["old_values"], per_token["returns"], per_token["value_mask"])
@@ -301,7 +261,44 @@ class Trainer:
         }
         metrics.update({f"actor/{k}": v for k, v in actor.items()})
         metrics.update({f"critic/{k}": v for k, v in critic.items()})
+        metrics.update(self._diagnostics(batch, retired, scores))
         return metrics
+
+    def _diagnostics(
+        self, batch: RolloutBatch, retired: list[Slot], scores: torch.Tensor
+    ) -> dict[str, float]:
+        """Truncation-bias diagnostics of this step (see :mod:`tppo.diagnostics`)."""
+        per_token, step = batch.per_token, self.step - 1
+        finished_scores = scores[batch.is_finished].tolist()
+        errors: list[float] = []
+        for slot, reward in zip(retired, finished_scores, strict=True):
+            errors += bootstrap_errors(
+                list(zip(slot.bootstrap_positions, slot.bootstrap_values, strict=True)),
+                response_length=len(slot.response_ids),
+                reward=reward,
+                gamma=self.config.algorithm.gamma,
+            )
+        summary = summarize_errors(errors)
+        versions = [policy_versions(s.token_steps) for s in retired]
+        out = {
+            "diagnostics/bootstrap_error_abs": summary["abs"],
+            "diagnostics/bootstrap_error_signed": summary["signed"],
+            "diagnostics/bootstrap_edges": float(len(errors)),
+            "diagnostics/policy_versions_mean": sum(versions) / len(versions) if versions else math.nan,
+            "diagnostics/stale_value_token_frac": stale_token_fraction(
+                batch.token_steps, per_token["value_mask"], step=step
+            ),
+        }
+        # the tail: the tokens policy_skip_tail leaves out (the last DIAGNOSTIC_TAIL when it is 0)
+        skip = self.config.algorithm.policy_skip_tail or DIAGNOSTIC_TAIL
+        tail = ~select_tokens(
+            batch.token_steps, batch.response_mask, batch.is_finished, step=step, policy_skip_tail=skip
+        ).policy_mask
+        tails = tail_advantage_stats(
+            per_token["raw_advantages"], batch.response_mask, batch.token_steps, tail, step=step
+        )
+        out.update({f"diagnostics/{k}": v for k, v in tails.items()})
+        return out
 
     # ------------------------------------------------------------------ the loop
     def evaluate(self) -> EvalResult:
@@ -317,7 +314,7 @@ class Trainer:
         try:
             return evaluate(
                 self.engine,
-                self.models.tokenizer,
+                self.vocabulary.tokenizer,
                 self.scorer.score,
                 self.eval_rows,
                 sampling=sampling,
@@ -394,19 +391,23 @@ class Trainer:
 
     def save(self, directory: Path) -> None:
         """Policy (with tokenizer) and value model in Hugging Face format (safetensors)."""
-        directory.mkdir(parents=True, exist_ok=True)
-        self.models.policy.save_pretrained(directory / "policy")
-        self.models.tokenizer.save_pretrained(directory / "policy")
-        self.models.value.save_pretrained(directory / "value")
+        self.learner.save(directory)
+
+    def close(self) -> None:
+        """Release the roles (remote workers, engine processes)."""
+        self.engine.close()
+        self.learner.close()
 
 
-def _stitch(packs: list[torch.Tensor], pieces: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """Put ``pieces[i]`` (``[len(packs[i]), T_i]``, trimmed by ``select``) back at rows ``packs[i]``
-    of a zero ``Tensor[B, T]`` shaped like ``like``."""
-    out = torch.zeros(like.shape, dtype=torch.float32, device=like.device)
-    for rows, piece in zip(packs, pieces, strict=True):
-        out[rows, : piece.shape[1]] = piece
-    return out
+def _record_bootstraps(active: list[Slot], batch: RolloutBatch) -> None:
+    """Remember, on each unfinished slot, the value EGAE bootstrapped with at this window edge."""
+    lengths = batch.response_mask.sum(dim=1).tolist()
+    values = batch.per_token["old_values"]
+    for row, slot in enumerate(active):
+        if not slot.finished and lengths[row] > 0:
+            position = int(lengths[row]) - 1
+            slot.bootstrap_positions.append(position)
+            slot.bootstrap_values.append(float(values[row, position]))
 
 
 def _headline(metrics: dict[str, Any], last_eval: float | None) -> dict[str, str]:

@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
 from tppo.algorithms import policy_loss, value_loss
 from tppo.models import response_log_probs, response_values
-from tppo.rollout.batch import RolloutBatch, pack_rows
+from tppo.rollout.batch import RolloutBatch, shard_packs
 
 LossFn = Callable[[PreTrainedModel, RolloutBatch, float], tuple[torch.Tensor, dict[str, float]]]
 
@@ -39,6 +40,22 @@ class UpdateSchedule:
     max_grad_norm: float | None = None
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Which piece of every minibatch this process trains on: rank ``rank`` of ``world_size``
+    data-parallel training processes (``0`` of ``1`` in single-process mode).
+
+    Every rank sees the whole batch and draws the same shuffles; it trains on its
+    :func:`~tppo.algorithms.shard_rows` piece of each minibatch, and gradients are summed over ranks.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    def as_kwargs(self) -> dict[str, int]:
+        return {"rank": self.rank, "world_size": self.world_size}
+
+
 def run_update(
     model: PreTrainedModel,
     optimizer: torch.optim.Optimizer,
@@ -49,10 +66,12 @@ def run_update(
     schedule: UpdateSchedule,
     generator: torch.Generator,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    shard: Shard = Shard(),
 ) -> dict[str, float]:
     """Train ``model`` on the rows of ``batch`` that have tokens in ``batch.per_token[mask_key]``.
 
-    Returns the mean of each statistic over minibatches, plus ``grad_norm`` and ``updates``.
+    Returns the mean of each statistic over minibatches, plus ``grad_norm`` and ``updates`` (the
+    same on every rank: statistics are summed over ranks).
     """
     mask = batch.per_token[mask_key]
     rows = torch.nonzero(mask.any(dim=1)).flatten()
@@ -61,9 +80,9 @@ def run_update(
         return {"updates": 0.0}
     model.train()
     for _ in range(schedule.epochs):
-        shuffled = rows[torch.randperm(len(rows), generator=generator)]
+        shuffled = rows[torch.randperm(len(rows), generator=generator).to(rows.device)]
         for minibatch in torch.tensor_split(shuffled, min(schedule.num_minibatches, len(rows))):
-            stats = _minibatch_step(model, optimizer, batch, minibatch, mask_key, loss_fn, schedule)
+            stats = _minibatch_step(model, optimizer, batch, minibatch, mask_key, loss_fn, schedule, shard)
             for key, value in stats.items():
                 totals[key].append(value)
             if scheduler is not None:
@@ -81,25 +100,61 @@ def _minibatch_step(
     mask_key: str,
     loss_fn: LossFn,
     schedule: UpdateSchedule,
+    shard: Shard,
 ) -> dict[str, float]:
-    token_count = float(batch.per_token[mask_key][rows].sum())
+    token_count = float(batch.per_token[mask_key][rows].sum())  # the whole minibatch's, all ranks
     optimizer.zero_grad(set_to_none=True)
     weighted: dict[str, float] = defaultdict(float)
-    for micro_rows in pack_rows(rows, batch.lengths, max_tokens=schedule.micro_batch_tokens):
+    packs, padding = shard_packs(
+        rows,
+        batch.lengths,
+        max_tokens=schedule.micro_batch_tokens,
+        rank=shard.rank,
+        world_size=shard.world_size,
+    )
+    for micro_rows in packs:
         sub = batch.select(micro_rows)
         loss, stats = loss_fn(model, sub, token_count)
         loss.backward()
         share = float(sub.per_token[mask_key].sum()) / token_count
         for key, value in stats.items():
             weighted[key] += share * value
-    params = [p for p in model.parameters() if p.grad is not None]
-    max_norm = schedule.max_grad_norm if schedule.max_grad_norm is not None else math.inf
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    for _ in range(padding):  # an empty pass: keeps this rank's collectives in step with the others
+        loss, stats = loss_fn(model, batch.select(rows[:1]), token_count)
+        (loss * 0.0).backward()
+        for key in stats:
+            weighted[key] += 0.0
+    if shard.world_size > 1:
+        weighted = _sum_over_ranks(weighted, device=batch.input_ids.device)
+    grad_norm = clip_gradients(model, schedule.max_grad_norm)
     if math.isfinite(grad_norm):
         optimizer.step()
     weighted["grad_norm"] = grad_norm
     weighted["skipped_nonfinite"] = float(not math.isfinite(grad_norm))
     return dict(weighted)
+
+
+def _sum_over_ranks(stats: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each statistic summed over the ranks of the default process group (same keys on every rank)."""
+    keys = sorted(stats)
+    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(values)
+    return dict(zip(keys, values.tolist(), strict=True))
+
+
+def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> float:
+    """Scale the gradients to a total 2-norm of at most ``max_norm`` (``None``: only measure it).
+
+    Returns the norm before clipping, over *all* the model's gradients: with parameters sharded by
+    FSDP (``DTensor`` gradients) the shards' norms are combined across ranks first.
+    """
+    params = [p for p in model.parameters() if p.grad is not None]
+    total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    if max_norm is not None:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total)
 
 
 def actor_loss_fn(

@@ -14,6 +14,7 @@ from tppo.algorithms.advantages import (
     outcome_rewards,
     register_advantage_estimator,
 )
+from tppo.algorithms.aggregation import global_token_mean, shard_rows
 from tppo.algorithms.losses import PolicyLossOutput, ValueLossOutput, policy_loss, value_loss
 from tppo.algorithms.masks import TokenMasks, select_tokens
 from tppo.algorithms.stats import explained_variance, masked_mean, masked_sum, masked_var, masked_whiten
@@ -28,6 +29,7 @@ __all__ = [
     "explained_variance",
     "gae",
     "get_advantage_estimator",
+    "global_token_mean",
     "masked_mean",
     "masked_sum",
     "masked_var",
@@ -37,5 +39,6 @@ __all__ = [
     "policy_loss",
     "register_advantage_estimator",
     "select_tokens",
+    "shard_rows",
     "value_loss",
 ]

@@ -18,7 +18,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from tppo.algorithms.stats import check_mask, float_dtype, masked_mean, masked_sum
+from tppo.algorithms.aggregation import global_token_mean
+from tppo.algorithms.stats import check_mask, float_dtype, masked_mean
 
 
 class PolicyLossOutput(NamedTuple):
@@ -60,12 +61,6 @@ class ValueLossOutput(NamedTuple):
 def _check_inputs(mask: Tensor, mask_name: str, **tensors: Tensor) -> None:
     for name, tensor in tensors.items():
         check_mask(mask, tensor, name=mask_name, like_name=name)
-
-
-def _normaliser(mask: Tensor, token_count: int | float | Tensor | None, dtype: torch.dtype) -> Tensor:
-    """The loss denominator: ``token_count`` (default: the masked tokens) clamped to at least 1."""
-    count = mask.sum() if token_count is None else torch.as_tensor(token_count, device=mask.device)
-    return count.to(dtype).clamp(min=1)
 
 
 def policy_loss(
@@ -134,7 +129,7 @@ def policy_loss(
         cap = -dual_clip * adv  # > 0 where A < 0
         dual_active = mask & (adv < 0) & (per_token > cap)
         per_token = torch.where(dual_active, cap, per_token)
-    loss = masked_sum(per_token, mask) / _normaliser(mask, token_count, dtype)
+    loss = global_token_mean(per_token, mask, token_count)
 
     with torch.no_grad():
         ratio_max = torch.where(mask, ratio, 0.0).amax() if ratio.numel() else ratio.new_zeros(())
@@ -198,7 +193,7 @@ def value_loss(
     error_clipped = (v_clip - target).square()
     clip_active = mask & (error_clipped > error)
     per_token = 0.5 * torch.where(clip_active, error_clipped, error)
-    loss = masked_sum(per_token, mask) / _normaliser(mask, token_count, dtype)
+    loss = global_token_mean(per_token, mask, token_count)
 
     with torch.no_grad():
         return ValueLossOutput(

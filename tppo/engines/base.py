@@ -108,6 +108,10 @@ class Engine(abc.ABC):
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load new policy weights in place (``pi_old <- pi_theta``), Hugging Face names."""
 
+    def workers_of(self, num_rows: int) -> list[int]:
+        """Which worker continues each of ``num_rows`` rows of a :meth:`generate` call (one worker: 0)."""
+        return [0] * num_rows
+
     def get_rng_state(self) -> Any:
         """State of the engine's sampling RNG (for checkpoints)."""
         return None

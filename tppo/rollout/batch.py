@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tppo.algorithms.aggregation import shard_rows
 from tppo.rollout.slot_pool import Slot
 
 
@@ -144,3 +145,17 @@ def pack_rows(rows: torch.Tensor, lengths: torch.Tensor, *, max_tokens: int | No
         packs.append(order[start : start + size])
         start += size
     return packs
+
+
+def shard_packs(
+    rows: torch.Tensor, lengths: torch.Tensor, *, max_tokens: int | None, rank: int, world_size: int
+) -> tuple[list[torch.Tensor], int]:
+    """Rank ``rank``'s micro-batches of ``rows`` (its :func:`shard_rows` piece, packed by
+    :func:`pack_rows`), and how many empty passes it must add to match the rank with the most.
+
+    Sharded models (FSDP) gather parameters in every forward pass and reduce gradients in every
+    backward pass, collectively: every rank must run the same number of passes.
+    """
+    counts = [len(pack_rows(piece, lengths, max_tokens=max_tokens)) for piece in shard_rows(rows, world_size)]
+    mine = pack_rows(shard_rows(rows, world_size)[rank], lengths, max_tokens=max_tokens)
+    return mine, max(counts) - len(mine)

@@ -31,6 +31,9 @@ class Slot:
         log_probs: the engine's log-prob of each response token, under the policy of its step.
         token_steps: the step that generated each response token.
         finish: ``None`` while unfinished; why it finished otherwise.
+        bootstrap_positions: for each window edge the response crossed unfinished, the index of
+            the window's last token (where EGAE bootstrapped with ``V(s_{b-1})``).
+        bootstrap_values: the value estimate used as the bootstrap at each of those edges.
     """
 
     prompt: Prompt
@@ -39,6 +42,8 @@ class Slot:
     log_probs: list[float] = field(default_factory=list)
     token_steps: list[int] = field(default_factory=list)
     finish: SlotFinish | None = None
+    bootstrap_positions: list[int] = field(default_factory=list)
+    bootstrap_values: list[float] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:

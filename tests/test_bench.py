@@ -1,0 +1,130 @@
+"""``tppo bench``: the pure analysis, and a tiny real bench end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tppo.bench import (
+    BenchSpec,
+    expected_batch_max,
+    ideal_generation_speedup,
+    mean_and_spread,
+    methods,
+    run_bench,
+    time_to_target,
+)
+from tppo.cli import main
+
+TINY = [
+    "rollout.num_slots=8",
+    "rollout.max_response_length=32",
+    "rollout.samples_per_prompt=2",
+    "data.train_size=64",
+    "data.eval_size=8",
+    "trainer.total_steps=3",
+    "trainer.eval_every=1",
+    "trainer.progress=false",
+    "trainer.tensorboard=false",
+    "optim.actor_lr=1e-3",
+    "optim.critic_lr=1e-3",
+]
+
+
+def test_time_to_target_is_the_first_evaluation_at_or_above_it() -> None:
+    rows = [
+        {"step": -1, "eval/accuracy": 0.2, "time/train_elapsed_s": 0.0},
+        {"step": 0, "time/train_elapsed_s": 5.0},
+        {"step": 1, "eval/accuracy": 0.4, "time/train_elapsed_s": 10.0},
+        {"step": 2, "eval/accuracy": 0.6, "time/train_elapsed_s": 15.0},
+    ]
+    assert time_to_target(rows, 0.4) == (10.0, 2)
+    assert time_to_target(rows, 0.5) == (15.0, 3)
+    # the base model's evaluation (step -1) does not count, even when it meets the target
+    assert time_to_target(rows, 0.1) == (10.0, 2)
+    assert time_to_target(rows, 0.7) is None
+
+
+def test_mean_and_spread() -> None:
+    assert mean_and_spread([1.0, 3.0]) == {
+        "mean": 2.0,
+        "std": pytest.approx(2**0.5),
+        "min": 1.0,
+        "max": 3.0,
+        "n": 2,
+    }
+    assert mean_and_spread([4.0])["std"] == 0.0
+    assert mean_and_spread([])["mean"] is None
+
+
+def test_ideal_generation_speedup_hand_worked() -> None:
+    # every response as long as the window's multiple: nothing to gain
+    assert ideal_generation_speedup([10, 10, 10], window=5, batch_size=4) == pytest.approx(1.0)
+    # one short and one long response; large batches always contain the long one
+    assert expected_batch_max([1, 100], 64) == pytest.approx(100.0)
+    assert ideal_generation_speedup([1, 100], window=10, batch_size=64) == pytest.approx(100 / (10 * 5.5))
+    # a batch of one waits only for itself: E[max] = E[L]
+    assert expected_batch_max([2, 4], 1, draws=20000) == pytest.approx(3.0, abs=0.05)
+    with pytest.raises(ValueError, match="no response lengths"):
+        expected_batch_max([], 4)
+
+
+def test_methods_default_windows_and_bad_windows() -> None:
+    assert [(m.name, m.window, m.is_ppo) for m in methods(512, [])] == [
+        ("ppo", 512, True),
+        ("tppo_l64", 64, False),
+        ("tppo_l128", 128, False),
+        ("tppo_l256", 256, False),
+    ]
+    with pytest.raises(ValueError, match="--windows: 512 must be in"):
+        methods(512, [512])
+
+
+@pytest.mark.slow
+def test_tiny_bench_writes_every_file_and_resumes(tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["bench", *TINY, "--output-dir", str(out), "--seeds", "2", "--windows", "8", "16"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "T-PPO (l = 8): speed-up to accuracy" in printed and "report:" in printed
+    for name in ("report.md", "summary.json", "accuracy.png", "phases.png", "lengths.png", "diagnostics.png"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1]
+    assert set(summary["speedup_to_target"]) == {"tppo_l8", "tppo_l16"}
+    assert set(summary["s_gen"]) == {"tppo_l8", "tppo_l16"} == set(summary["s_gen_fraction"])
+    assert all(value > 0 for value in summary["s_gen"].values())
+    # the default target is reached by every run, so every seed has a speed-up
+    assert all(s["n"] == 2 for s in summary["speedup_to_target"].values())
+    ppo = summary["methods"]["ppo"]
+    assert ppo["reached_target"] == 2 and len(ppo["runs"]) == 2
+    run = ppo["runs"]["0"]
+    assert run["steps"] == 3 and 0 < run["slot_utilization"] <= 1
+    assert sum(share for share in run["phase_share"].values()) <= 1.0
+    tppo = summary["methods"]["tppo_l8"]["runs"]["0"]
+    assert tppo["policy_versions_mean"] is None or tppo["policy_versions_mean"] >= 1
+    # nothing is skipped (policy_skip_tail = 0), yet the window-edge tails are measured
+    assert tppo["tail_adv_abs_mean"] is not None and tppo["rest_adv_abs_mean"] is not None
+    report = (out / "report.md").read_text()
+    assert (
+        "tppo bench rollout.num_slots=8" in report
+        and "--windows 8 16" in report
+        and "S_gen" in report
+        and "![accuracy](accuracy.png)" in report
+    )
+
+    # a second call keeps finished runs and only re-analyzes (here with an unreachable target)
+    metrics = out / "runs" / "ppo" / "seed0" / "metrics.jsonl"
+    before = metrics.stat().st_mtime_ns
+    assert main([*argv, "--target", "2.0"]) == 0
+    assert "done before, kept" in capsys.readouterr().out
+    assert metrics.stat().st_mtime_ns == before
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["target_accuracy"] == 2.0 and summary["target_rule"] == "given"
+    assert all(s["mean"] is None for s in summary["speedup_to_target"].values())
+
+
+def test_bench_spec_refuses_bad_config_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"rollout\.window_lenght"):
+        run_bench(BenchSpec(config=None, overrides=["rollout.window_lenght=3"], output_dir=tmp_path))

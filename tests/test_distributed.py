@@ -1,0 +1,172 @@
+"""Distributed mode on a local Ray cluster (CPU, gloo): 2 rollout workers, 2 FSDP2 training workers.
+
+(a) split invariance: one update with 2 training workers equals the single-process one;
+(b) weight sync reaches every rollout worker; (c) a 3-step T-PPO run with 2 + 2 workers.
+One Ray cluster for the module; each worker takes one logical CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from torch.testing import assert_close
+from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
+
+ray = pytest.importorskip("ray")
+
+from tppo.config import load_config  # noqa: E402
+from tppo.distributed.ray_roles import RayLearnerGroup, RayRolloutGroup  # noqa: E402
+from tppo.learner import Learner  # noqa: E402
+from tppo.models import load_models, load_policy  # noqa: E402
+from tppo.rollout.batch import collate  # noqa: E402
+from tppo.rollout.prompts import Prompt  # noqa: E402
+from tppo.rollout.slot_pool import Slot  # noqa: E402
+from tppo.trainer import Trainer  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+SMALL = [
+    "rollout.num_slots=12",
+    "rollout.window_length=8",
+    "rollout.max_response_length=48",
+    "rollout.samples_per_prompt=1",
+    "data.train_size=64",
+    "data.eval_size=8",
+    "trainer.eval_every=0",
+    "trainer.progress=false",
+    "trainer.tensorboard=false",
+    "trainer.num_threads=1",
+    "optim.actor_lr=1e-3",
+    "optim.critic_lr=1e-3",
+    "distributed.rollout.num_cpus=1",
+    "distributed.train.num_cpus=1",
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_cluster():
+    """A local Ray cluster of 4 logical CPUs, or the one ``RAY_ADDRESS`` names (``ray start --head``)."""
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def make_batch(seed=0):
+    """7 rows of the demo's 16-token vocabulary, uneven lengths; odd rows finished."""
+    gen = torch.Generator().manual_seed(seed)
+    slots = []
+    for i, (p, t) in enumerate([(3, 9), (5, 2), (2, 14), (4, 6), (6, 11), (3, 5), (5, 13)]):
+        prompt = Prompt(uid=i, row=i, sample=0, epoch=0, token_ids=tuple(range(3, 3 + p)), ground_truth="")
+        response = torch.randint(3, 15, (t,), generator=gen).tolist()
+        steps = [0] * (t // 2) + [1] * (t - t // 2)
+        slots.append(Slot(prompt, 0, response, [-2.0] * t, steps, "eos" if i % 2 else None))
+    batch = collate(slots, pad_token_id=0)
+    shape = batch.response_mask.shape
+    batch.per_token["advantages"] = torch.randn(shape, generator=gen)
+    batch.per_token["policy_mask"] = batch.response_mask & (batch.token_steps == 1)
+    batch.per_token["returns"] = torch.rand(shape, generator=gen)
+    batch.per_token["value_mask"] = batch.response_mask & batch.is_finished[:, None]
+    return batch
+
+
+def test_two_fsdp_training_workers_match_the_single_process_update():
+    overrides = [
+        *SMALL,
+        "algorithm.ppo_epochs=2",  # so old log-probs are recomputed in the score phase
+        "algorithm.num_minibatches=2",
+        "algorithm.micro_batch_tokens=40",  # several passes per rank, uneven between ranks
+        "optim.max_grad_norm=0.5",  # clipping needs the norm over both ranks' shards
+        # k_proj's bias has a zero gradient in exact arithmetic (softmax ignores a shift of every key
+        # score); AdamW with eps=1e-8 turns its float noise into +-lr steps that differ between runs.
+        "optim.eps=1e-6",
+    ]
+    config = load_config(None, [*overrides, "distributed.train_workers=2"])
+    local = Learner(config, load_models(config.model))  # the single-process learner
+    group = RayLearnerGroup(config)
+    try:
+        batch = make_batch()
+        expected, got = local.score(batch), group.score(batch)
+        assert set(got) == {"old_values", "old_log_probs"}
+        for key in expected:
+            assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5)
+        batch.per_token.update(expected)
+        for update, role in (("update_actor", "policy"), ("update_critic", "value")):
+            want, have = getattr(local, update)(batch), getattr(group, update)(batch)
+            assert want["updates"] == have["updates"] == 4  # 2 epochs x 2 minibatches
+            for key in ("loss", "grad_norm", "clipfrac"):
+                assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (role, key)
+            grads = group.gradients(role)
+            local_grads = local.gradients(role)
+            assert set(grads) == set(local_grads)
+            for name, grad in local_grads.items():
+                assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=f"{role} {name}")
+        weights = dict(group.policy_weights())
+        for name, param in local.models.policy.named_parameters():
+            assert_close(weights[name], param.detach(), rtol=1e-4, atol=1e-5, msg=name)
+    finally:
+        group.close()
+
+
+def test_weight_sync_reaches_every_rollout_worker():
+    config = load_config(None, [*SMALL, "distributed.rollout_workers=2"])
+    group = RayRolloutGroup(config)
+    try:
+        policy = load_policy(config.model)
+        base = {n: float(p.detach().double().sum()) for n, p in policy.named_parameters()}
+        assert all(sums == pytest.approx(base) for sums in group.checksums())
+        with torch.no_grad():
+            for i, param in enumerate(policy.parameters()):
+                param.add_(0.01 * (i + 1))
+        group.update_weights(policy.named_parameters())
+        new = {n: float(p.detach().double().sum()) for n, p in policy.named_parameters()}
+        sums = group.checksums()
+        assert len(sums) == 2
+        for worker in sums:
+            assert worker == pytest.approx(new, rel=1e-9)
+            assert all(worker[n] != pytest.approx(base[n]) for n in base)
+    finally:
+        group.close()
+
+
+def test_three_tppo_steps_with_two_rollout_and_two_training_workers(tmp_path):
+    overrides = [
+        *SMALL,
+        "distributed.rollout_workers=2",
+        "distributed.train_workers=2",
+        "trainer.total_steps=3",
+    ]
+    config = load_config(None, overrides)
+    trainer = Trainer(config, tmp_path)
+    try:
+        history = trainer.train()
+        # the weights the rollout workers hold are the training workers' (synced every step)
+        trainer.engine.update_weights(trainer.learner.policy_weights())
+        synced = {n: float(t.double().sum()) for n, t in trainer.learner.policy_weights()}
+        for worker in trainer.engine.checksums():  # type: ignore[attr-defined]
+            assert worker == pytest.approx(synced, rel=1e-9)
+        final = dict(trainer.learner.policy_weights())
+    finally:
+        trainer.close()
+    assert [row["step"] for row in history] == [0, 1, 2]
+    assert all(row["actor/updates"] >= 1 for row in history)
+    assert sum(row["rollout/finished"] for row in history) > 0
+    assert sum(row["critic/updates"] for row in history) > 0
+    # carried-over responses were continued by both rollout workers
+    for worker in (0, 1):
+        assert sum(row[f"rollout/carried_worker{worker}"] for row in history[1:]) > 0
+    assert all(row["rollout/carried"] > 0 for row in history[1:])
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    # the final checkpoint, gathered from the shards, is a plain Hugging Face model of the final weights
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "final" / "policy")
+    assert type(saved).__name__ == "Qwen2ForCausalLM"
+    for name, param in saved.named_parameters():
+        assert_close(param.detach(), final[name], rtol=0, atol=0, msg=name)
+    value = AutoModelForTokenClassification.from_pretrained(tmp_path / "final" / "value")
+    assert float(value.score.weight.detach().abs().sum()) > 0  # the zero-initialised head was trained

@@ -1,0 +1,425 @@
+"""``tppo bench``: T-PPO against synchronous PPO on the same task, base model and seeds.
+
+One invocation trains PPO (``l = L``) and T-PPO at several windows, each for the same wall-clock
+budget, over several seeds, then writes a report directory::
+
+    report.md        the table, the ideal vs measured generation speed-up, the diagnostics
+    summary.json     machine-readable: speed-up to target per window (mean and spread), S_gen, ...
+    accuracy.png     held-out accuracy and reward vs wall-clock and vs step (paper Fig. 1)
+    phases.png       per-step time by phase (paper Fig. 4)
+    lengths.png      finished response length over training (paper Fig. 6)
+    diagnostics.png  truncation-bias diagnostics of the T-PPO runs
+    runs/<method>/seed<k>/   every run's own output (metrics.jsonl, config.yaml, checkpoints)
+
+Runs that already finished are not run again, so a killed bench resumes where it stopped.
+The analysis is a pure function of the runs' ``metrics.jsonl`` files (:func:`analyze`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tppo.config import TPPOConfig, load_config
+from tppo.metrics import read_metrics
+
+PHASES = {  # metric key -> label, in the paper's Fig. 4 order
+    "time/generate_s": "generation",
+    "time/reward_s": "reward",
+    "time/score_s": "old log-probs + values",
+    "time/actor_s": "actor update",
+    "time/critic_s": "critic update",
+}
+DONE_MARKER = "bench_done.json"
+DEFAULT_TARGET_RULE = "the highest accuracy every run reached after training began"
+
+
+@dataclass
+class BenchSpec:
+    """What ``tppo bench`` runs.
+
+    Attributes:
+        config: the YAML file every run starts from (``None``: the defaults).
+        overrides: ``key=value`` overrides applied to every run.
+        output_dir: the report directory.
+        seeds: the seeds; every method runs once per seed.
+        windows: the T-PPO windows ``l`` (PPO, ``l = L``, always runs too); empty: L/8, L/4, L/2.
+        budget_s: training wall-clock per run (``trainer.max_wall_seconds``; ``None``: the config's).
+        target_accuracy: the accuracy whose time-to-reach is compared (``None``: the highest
+            accuracy that every run reached).
+    """
+
+    config: str | None
+    overrides: list[str] = field(default_factory=list)
+    output_dir: Path = Path("runs/bench")
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    windows: list[int] = field(default_factory=list)
+    budget_s: float | None = None
+    target_accuracy: float | None = None
+
+
+@dataclass
+class Method:
+    name: str
+    window: int
+    is_ppo: bool
+
+    @property
+    def label(self) -> str:
+        return f"PPO (l = L = {self.window})" if self.is_ppo else f"T-PPO (l = {self.window})"
+
+
+def methods(max_response_length: int, windows: Sequence[int]) -> list[Method]:
+    """PPO first, then T-PPO at each window (default L/8, L/4, L/2), shortest window first."""
+    chosen = sorted(set(windows)) or [max_response_length // d for d in (8, 4, 2)]
+    for window in chosen:
+        if not 0 < window < max_response_length:
+            raise ValueError(
+                f"--windows: {window} must be in [1, {max_response_length - 1}] (L = {max_response_length})"
+            )
+    return [Method("ppo", max_response_length, True)] + [Method(f"tppo_l{w}", w, False) for w in chosen]
+
+
+def run_config(spec: BenchSpec, method: Method, seed: int) -> TPPOConfig:
+    overrides = [*spec.overrides, f"rollout.window_length={method.window}", f"trainer.seed={seed}"]
+    if spec.budget_s is not None:
+        overrides.append(f"trainer.max_wall_seconds={spec.budget_s}")
+    return load_config(spec.config, overrides)
+
+
+def run_bench(spec: BenchSpec) -> dict[str, Any]:
+    """Train every (method, seed) not already done, then analyze and write the report."""
+    from tppo.trainer import Trainer  # heavy imports only when training
+
+    base = load_config(spec.config, spec.overrides, validate=False)  # each method sets its window
+    chosen = methods(base.rollout.max_response_length, spec.windows)
+    for method in chosen:  # refuse a bad config before the first run trains
+        run_config(spec, method, spec.seeds[0])
+    total = len(chosen) * len(spec.seeds)
+    index = 0
+    started = time.perf_counter()
+    for seed in spec.seeds:  # seed-major: a bench cut short still compares every method
+        for method in chosen:
+            index += 1
+            run_dir = spec.output_dir / "runs" / method.name / f"seed{seed}"
+            if (run_dir / DONE_MARKER).exists():
+                print(f"[{index}/{total}] {method.label}, seed {seed}: done before, kept", flush=True)
+                continue
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # a run cut short restarts from scratch
+            config = run_config(spec, method, seed)
+            elapsed = time.perf_counter() - started
+            print(f"[{index}/{total}] {method.label}, seed {seed} (bench so far {elapsed:.0f} s)", flush=True)
+            trainer = Trainer(config, run_dir)
+            try:
+                trainer.train()
+            finally:
+                trainer.close()  # remote workers (distributed.*) go with their run
+            (run_dir / DONE_MARKER).write_text(json.dumps({"method": method.name, "seed": seed}))
+    summary = analyze(spec.output_dir, chosen, spec.seeds, target_accuracy=spec.target_accuracy)
+    write_report(spec, summary)
+    return summary
+
+
+# ---------------------------------------------------------------------------- pure analysis
+def trained_evals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluations made after training began (the base model's, at step -1, left out)."""
+    return [r for r in rows if r.get("eval/accuracy") is not None and r.get("step", -1) >= 0]
+
+
+def time_to_target(rows: Sequence[dict[str, Any]], target: float) -> tuple[float, int] | None:
+    """Training seconds and steps to the first evaluation after training began at or above
+    ``target`` (None: never). The base model's own evaluation does not count: a target it already
+    meets says nothing about the speed of training."""
+    for row in trained_evals(rows):
+        if row["eval/accuracy"] >= target:
+            return float(row.get("time/train_elapsed_s", 0.0)), int(row["step"]) + 1
+    return None
+
+
+def mean_and_spread(values: Sequence[float]) -> dict[str, float | int | None]:
+    """Mean, sample standard deviation, min and max (None where there are no values)."""
+    clean = [v for v in values if v is not None and not math.isnan(v)]
+    if not clean:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {
+        "mean": statistics.fmean(clean),
+        "std": statistics.stdev(clean) if len(clean) > 1 else 0.0,
+        "min": min(clean),
+        "max": max(clean),
+        "n": len(clean),
+    }
+
+
+def expected_batch_max(lengths: Sequence[int], batch_size: int, *, draws: int = 4000, seed: int = 0) -> float:
+    """``E[max of batch_size lengths]``, by resampling the measured lengths."""
+    if not lengths:
+        raise ValueError("no response lengths to estimate E[max] from")
+    rng = random.Random(seed)
+    return statistics.fmean(max(rng.choices(lengths, k=batch_size)) for _ in range(draws))
+
+
+def ideal_generation_speedup(lengths: Sequence[int], *, window: int, batch_size: int) -> float:
+    """``S_gen = E[max over a batch of L] / (l * E[ceil(L / l)])``, from measured lengths ``L``.
+
+    Synchronous batching spends the batch's longest response in decode steps for every ``batch_size``
+    responses; successive batching spends ``l`` decode steps per window and each response occupies
+    ``ceil(L / l)`` windows of its slot.
+    """
+    windows_per_response = statistics.fmean(math.ceil(max(length, 1) / window) for length in lengths)
+    return expected_batch_max(lengths, batch_size) / (window * windows_per_response)
+
+
+def run_summary(rows: Sequence[dict[str, Any]], num_slots: int, target: float | None) -> dict[str, Any]:
+    """Per-run figures from its metrics rows."""
+    steps = [r for r in rows if r.get("step", -1) >= 0 and "time/step_s" in r]
+    evals = [r["eval/accuracy"] for r in rows if r.get("eval/accuracy") is not None]
+    total = {key: sum(r.get(key) or 0.0 for r in steps) for key in (*PHASES, "time/step_s")}
+    generated = sum(r.get("rollout/generated_tokens", 0) for r in steps)
+    decode_steps = sum(r.get("rollout/decode_steps", 0) for r in steps)
+    finished = sum(r.get("rollout/finished", 0) for r in steps)
+    reached = time_to_target(rows, target) if target is not None else None
+    step_time = total["time/step_s"]
+    return {
+        "steps": len(steps),
+        "train_seconds": float(steps[-1].get("time/train_elapsed_s", step_time)) if steps else 0.0,
+        "base_accuracy": evals[0] if evals else None,
+        "final_accuracy": evals[-1] if evals else None,
+        "peak_accuracy": max(evals) if evals else None,
+        "time_to_target_s": reached[0] if reached else None,
+        "steps_to_target": reached[1] if reached else None,
+        "finished_responses": finished,
+        "generated_tokens_per_s": generated / total["time/generate_s"] if total["time/generate_s"] else None,
+        "slot_utilization": generated / (num_slots * decode_steps) if decode_steps else None,
+        "decode_steps_per_finished": decode_steps / finished if finished else None,
+        "generate_s_per_finished": total["time/generate_s"] / finished if finished else None,
+        "step_s_mean": step_time / len(steps) if steps else None,
+        "phase_share": {
+            label: total[key] / step_time if step_time else None for key, label in PHASES.items()
+        },
+        "phase_s_mean": {label: total[key] / len(steps) if steps else None for key, label in PHASES.items()},
+        "bootstrap_error_abs": _mean_of(steps, "diagnostics/bootstrap_error_abs"),
+        "bootstrap_error_signed": _mean_of(steps, "diagnostics/bootstrap_error_signed"),
+        "policy_versions_mean": _mean_of(steps, "diagnostics/policy_versions_mean"),
+        "stale_value_token_frac": _mean_of(steps, "diagnostics/stale_value_token_frac"),
+        "tail_adv_abs_mean": _mean_of(steps, "diagnostics/tail_adv_abs_mean"),
+        "rest_adv_abs_mean": _mean_of(steps, "diagnostics/rest_adv_abs_mean"),
+    }
+
+
+def _mean_of(rows: Sequence[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None and not math.isnan(r[key])]
+    return statistics.fmean(values) if values else None
+
+
+def _lengths(rows: Sequence[dict[str, Any]]) -> list[int]:
+    return [length for r in rows for length in r.get("response_length/values") or []]
+
+
+def analyze(
+    report_dir: Path, chosen: Sequence[Method], seeds: Sequence[int], *, target_accuracy: float | None = None
+) -> dict[str, Any]:
+    """Read every run's metrics and compute the bench's summary (see the module docstring)."""
+    rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    slots: dict[tuple[str, int], int] = {}
+    for method in chosen:
+        for seed in seeds:
+            run_dir = report_dir / "runs" / method.name / f"seed{seed}"
+            if (run_dir / "metrics.jsonl").exists():
+                rows[method.name, seed] = read_metrics(run_dir / "metrics.jsonl")
+                slots[method.name, seed] = _num_slots(run_dir)
+    if not rows:
+        raise FileNotFoundError(f"no finished runs under {report_dir / 'runs'}")
+    peaks = [max(r["eval/accuracy"] for r in evals) for evals in map(trained_evals, rows.values()) if evals]
+    if target_accuracy is None and not peaks:
+        raise ValueError("the runs logged no eval/accuracy; set trainer.eval_every > 0 or give a target")
+    target = target_accuracy if target_accuracy is not None else min(peaks)
+    runs = {key: run_summary(value, slots[key], target) for key, value in rows.items()}
+
+    ppo = chosen[0]
+    ppo_lengths = [length for seed in seeds for length in _lengths(rows.get((ppo.name, seed), []))]
+    ppo_slots = next((slots[ppo.name, s] for s in seeds if (ppo.name, s) in slots), None)
+    out: dict[str, Any] = {
+        "seeds": list(seeds),
+        "target_accuracy": target,
+        "target_rule": "given" if target_accuracy is not None else DEFAULT_TARGET_RULE,
+        "max_response_length": ppo.window,
+        "methods": {},
+        "speedup_to_target": {},
+        "s_gen": {},
+        "s_gen_fraction": {},
+        "measured_generation_speedup": {},
+    }
+    for method in chosen:
+        per_seed = {seed: runs[method.name, seed] for seed in seeds if (method.name, seed) in runs}
+        out["methods"][method.name] = {
+            "label": method.label,
+            "window": method.window,
+            "runs": {str(s): r for s, r in per_seed.items()},
+            **{
+                key: mean_and_spread([r[key] for r in per_seed.values() if r[key] is not None])
+                for key in (
+                    "time_to_target_s",
+                    "final_accuracy",
+                    "peak_accuracy",
+                    "generated_tokens_per_s",
+                    "slot_utilization",
+                    "step_s_mean",
+                    "finished_responses",
+                    "generate_s_per_finished",
+                    "bootstrap_error_abs",
+                    "bootstrap_error_signed",
+                    "policy_versions_mean",
+                    "stale_value_token_frac",
+                    "tail_adv_abs_mean",
+                    "rest_adv_abs_mean",
+                )
+            },
+            "phase_share": {
+                label: statistics.fmean(r["phase_share"][label] or 0.0 for r in per_seed.values())
+                for label in PHASES.values()
+            }
+            if per_seed
+            else {},
+            "reached_target": sum(r["time_to_target_s"] is not None for r in per_seed.values()),
+        }
+        if method.is_ppo:
+            continue
+        ratios, gen_ratios = [], []
+        for seed in seeds:
+            base, ours = runs.get((ppo.name, seed)), runs.get((method.name, seed))
+            if base is None or ours is None:
+                continue
+            if base["time_to_target_s"] and ours["time_to_target_s"]:
+                ratios.append(base["time_to_target_s"] / ours["time_to_target_s"])
+            if base["decode_steps_per_finished"] and ours["decode_steps_per_finished"]:
+                gen_ratios.append(base["decode_steps_per_finished"] / ours["decode_steps_per_finished"])
+        out["speedup_to_target"][method.name] = mean_and_spread(ratios)
+        measured = mean_and_spread(gen_ratios)
+        out["measured_generation_speedup"][method.name] = measured
+        if ppo_lengths and ppo_slots:
+            s_gen = ideal_generation_speedup(ppo_lengths, window=method.window, batch_size=ppo_slots)
+            out["s_gen"][method.name] = s_gen
+            out["s_gen_fraction"][method.name] = (
+                measured["mean"] / s_gen if measured["mean"] is not None else None
+            )
+    (report_dir / "summary.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
+def _num_slots(run_dir: Path) -> int:
+    import yaml
+
+    with (run_dir / "config.yaml").open() as handle:
+        return int(yaml.safe_load(handle)["rollout"]["num_slots"])
+
+
+# ---------------------------------------------------------------------------- report
+def write_report(spec: BenchSpec, summary: dict[str, Any]) -> Path:
+    """Figures and ``report.md`` in ``spec.output_dir``."""
+    from tppo.plotting import plot_bench
+
+    out = spec.output_dir
+    figures = plot_bench(out, summary)
+    lines = [
+        "# T-PPO vs PPO",
+        "",
+        "Command: `" + bench_command(spec) + "`",
+        "",
+        f"Seeds: {', '.join(map(str, summary['seeds']))}. "
+        f"Target accuracy: **{summary['target_accuracy']:.3f}** "
+        f"({summary['target_rule']}). Times are training wall-clock (evaluation excluded); spreads are "
+        "sample standard deviations over seeds, with [min, max].",
+        "",
+        "| method | time to target (s) | speed-up over PPO | reached | final acc. | peak acc. "
+        "| finished responses | gen. s per finished | gen. tokens/s "
+        "| slot util. | step (s) | " + " | ".join(f"{p} share" for p in PHASES.values()) + " |",
+        "|---" * (11 + len(PHASES)) + "|",
+    ]
+    for name, method in summary["methods"].items():
+        speedup = summary["speedup_to_target"].get(name)
+        lines.append(
+            f"| {method['label']} | {_fmt(method['time_to_target_s'], 0)} | "
+            f"{_fmt(speedup, 2) if speedup else '1 (baseline)'} | "
+            f"{method['reached_target']}/{len(method['runs'])} | "
+            f"{_fmt(method['final_accuracy'], 3)} | {_fmt(method['peak_accuracy'], 3)} | "
+            f"{_fmt(method['finished_responses'], 0)} | {_fmt(method['generate_s_per_finished'], 3)} | "
+            f"{_fmt(method['generated_tokens_per_s'], 0)} | {_fmt(method['slot_utilization'], 2)} | "
+            f"{_fmt(method['step_s_mean'], 1)} | "
+            + " | ".join(f"{100 * share:.0f}%" for share in method["phase_share"].values())
+            + " |"
+        )
+    lines += [
+        "",
+        "## Generation speed-up: ideal and measured",
+        "",
+        "`S_gen = E[max over a batch of L] / (l * E[ceil(L/l)])` from the PPO runs' finished "
+        "response lengths "
+        "(synchronous slots wait for the longest response; in successive batching each response occupies "
+        "ceil(L/l) windows). Measured: PPO's decode steps per finished response over T-PPO's.",
+        "",
+        "| method | S_gen (ideal) | measured | measured / ideal |",
+        "|---|---|---|---|",
+    ]
+    for name in summary["s_gen"]:
+        lines.append(
+            f"| {summary['methods'][name]['label']} | {summary['s_gen'][name]:.2f} | "
+            f"{_fmt(summary['measured_generation_speedup'][name], 2)} | "
+            f"{_num(summary['s_gen_fraction'][name], 2)} |"
+        )
+    lines += [
+        "",
+        "## Truncation-bias diagnostics (T-PPO runs, means over steps and seeds)",
+        "",
+        "| method | bootstrap error, abs | bootstrap error, signed | policy versions per response "
+        "| value tokens from an older policy | window-edge tail adv., mean abs | other adv., mean abs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, method in summary["methods"].items():
+        if name == "ppo":
+            continue
+        lines.append(
+            f"| {method['label']} | {_fmt(method['bootstrap_error_abs'], 3)} | "
+            f"{_fmt(method['bootstrap_error_signed'], 3)} "
+            f"| {_fmt(method['policy_versions_mean'], 2)} | {_fmt(method['stale_value_token_frac'], 2)} "
+            f"| {_fmt(method['tail_adv_abs_mean'], 3)} | {_fmt(method['rest_adv_abs_mean'], 3)} |"
+        )
+    lines += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures] + [""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def bench_command(spec: BenchSpec) -> str:
+    parts = ["tppo bench", *spec.overrides]  # before the options: --windows takes a list
+    if spec.config:
+        parts += ["--config", spec.config]
+    parts += ["--output-dir", str(spec.output_dir), "--seeds", str(len(spec.seeds))]
+    if spec.windows:
+        parts += ["--windows", *map(str, spec.windows)]
+    if spec.budget_s is not None:
+        parts += ["--budget-s", f"{spec.budget_s:g}"]
+    if spec.target_accuracy is not None:
+        parts += ["--target", f"{spec.target_accuracy:g}"]
+    return " ".join(parts)
+
+
+def _fmt(stats: dict[str, Any] | None, digits: int) -> str:
+    if not stats or stats.get("mean") is None:
+        return "n/a"
+    if stats.get("n", 1) <= 1:
+        return f"{stats['mean']:.{digits}f}"
+    mean, std, low, high = (f"{stats[k]:.{digits}f}" for k in ("mean", "std", "min", "max"))
+    return f"{mean} ± {std} [{low}, {high}]"
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

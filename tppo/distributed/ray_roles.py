@@ -1,0 +1,279 @@
+"""Ray actors for the two remote roles, and the groups the trainer drives in their place.
+
+- :class:`RayRolloutGroup` is an :class:`~tppo.engines.base.Engine`: ``generate`` splits the occupied
+  slots into contiguous shares (:func:`~tppo.algorithms.shard_rows`), one per :class:`RolloutWorker`,
+  runs them in parallel and merges the completions back in slot order; ``update_weights`` puts the
+  policy's tensors in Ray's object store once and every worker loads them.
+- :class:`RayLearnerGroup` is a :class:`~tppo.learner.LearnerRole`: M :class:`LearnerWorker` s join
+  one ``torch.distributed`` group, each holds a :class:`~tppo.learner.Learner` over FSDP2-sharded models,
+  and every call runs on all of them at once (the same batch; each trains on its rows).
+
+The controller (the trainer's process) holds neither models nor engines then: only the slot pool,
+the rewards and the advantage estimation, which are cheap.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tppo.algorithms import shard_rows
+from tppo.config import DistributedConfig, TPPOConfig, WorkerResources
+from tppo.distributed.fsdp import device_mesh, free_port, init_process_group, shard_model
+from tppo.engines.base import Completion, Engine, EngineStats, SamplingParams
+from tppo.learner import Learner
+from tppo.models import load_models, load_policy, load_vocabulary
+from tppo.rollout.batch import RolloutBatch
+from tppo.update import Shard
+
+try:
+    import ray
+except ImportError as error:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "distributed.rollout_workers / distributed.train_workers need Ray: pip install 'tppo[distributed]'"
+    ) from error
+
+
+def connect(config: DistributedConfig) -> None:
+    """Start or join the Ray cluster named by ``distributed.ray_address`` (once per process)."""
+    if ray.is_initialized():
+        return
+    if config.ray_address is not None:
+        ray.init(address=config.ray_address)
+        return
+    # A new local cluster (never one that happens to run on this machine already): logical CPUs
+    # are a scheduling budget, so grant at least what the workers ask.
+    wanted = config.rollout_workers * config.rollout.num_cpus + config.train_workers * config.train.num_cpus
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, int(wanted + 0.999)), include_dashboard=False)
+
+
+def _actor_class(cls: type, resources: WorkerResources) -> Any:
+    return ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)(cls)
+
+
+def _set_threads(resources: WorkerResources) -> None:
+    torch.set_num_threads(max(1, int(resources.num_cpus)))
+
+
+# ---------------------------------------------------------------------------------------- rollout
+
+
+class RolloutWorker:
+    """One Ray actor holding a rollout engine over its own copy of the policy."""
+
+    def __init__(self, config: TPPOConfig, index: int) -> None:
+        from tppo.roles import build_engine  # here: roles imports this module lazily
+
+        _set_threads(config.distributed.rollout)
+        vocabulary = load_vocabulary(config.model)
+        self.engine = build_engine(
+            config, load_policy(config.model), vocabulary, seed=config.trainer.seed + index
+        )
+        self.index = index
+
+    def ready(self) -> int:
+        return self.index
+
+    def generate(
+        self, prefixes: Sequence[Sequence[int]], budgets: Sequence[int], sampling: SamplingParams
+    ) -> tuple[list[Completion], EngineStats]:
+        completions = self.engine.generate(prefixes, budgets, sampling)
+        return completions, self.engine.pop_stats()
+
+    def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.engine.update_weights(weights.items())
+
+    def checksums(self) -> dict[str, float]:
+        """``sum`` of every parameter of the engine's model (to check that weights arrived)."""
+        model = getattr(self.engine, "model", None)
+        if model is None:
+            raise NotImplementedError(f"{type(self.engine).__name__} exposes no model to checksum")
+        return {n: float(p.detach().double().sum()) for n, p in model.named_parameters()}
+
+    def get_rng_state(self) -> Any:
+        return self.engine.get_rng_state()
+
+    def set_rng_state(self, state: Any) -> None:
+        self.engine.set_rng_state(state)
+
+    def reseed(self, seed: int) -> None:
+        self.engine.reseed(seed)
+
+
+class RayRolloutGroup(Engine):
+    """``distributed.rollout_workers`` Ray actors sharing the slots; an :class:`Engine` to the trainer."""
+
+    def __init__(self, config: TPPOConfig) -> None:
+        super().__init__()
+        d = config.distributed
+        connect(d)
+        actor = _actor_class(RolloutWorker, d.rollout)
+        self.workers = [actor.remote(config, index) for index in range(d.rollout_workers)]
+        ray.get([w.ready.remote() for w in self.workers])
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.workers)
+
+    def workers_of(self, num_rows: int) -> list[int]:
+        """The worker that continues each of ``num_rows`` rows (contiguous shares, in row order)."""
+        owner = [0] * num_rows
+        for worker, rows in enumerate(shard_rows(torch.arange(num_rows), self.num_workers)):
+            for row in rows.tolist():
+                owner[row] = worker
+        return owner
+
+    def generate(
+        self, prefixes: Sequence[Sequence[int]], max_new_tokens: Sequence[int], sampling: SamplingParams
+    ) -> list[Completion]:
+        shares = [rows.tolist() for rows in shard_rows(torch.arange(len(prefixes)), self.num_workers)]
+        calls = [
+            (
+                rows,
+                worker.generate.remote(
+                    [prefixes[i] for i in rows], [max_new_tokens[i] for i in rows], sampling
+                ),
+            )
+            for rows, worker in zip(shares, self.workers, strict=True)
+            if rows
+        ]
+        out: list[Completion | None] = [None] * len(prefixes)
+        seconds = []
+        for rows, ref in calls:
+            completions, stats = ray.get(ref)
+            for row, completion in zip(rows, completions, strict=True):
+                out[row] = completion
+            self.stats.generated_tokens += stats.generated_tokens
+            seconds.append(stats.extra.get("generate_s", 0.0))
+            # workers decode in parallel: the step's decode passes are the busiest worker's
+            self.stats.decode_steps = max(self.stats.decode_steps, stats.decode_steps)
+        self.stats.extra["generate_s"] = self.stats.extra.get("generate_s", 0.0) + max(seconds, default=0.0)
+        assert all(c is not None for c in out)
+        return [c for c in out if c is not None]
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Put the tensors in the object store once; every worker loads them in place."""
+        ref = ray.put({name: tensor.detach().cpu() for name, tensor in named_tensors})
+        ray.get([w.update_weights.remote(ref) for w in self.workers])
+
+    def checksums(self) -> list[dict[str, float]]:
+        """Per worker: the sum of each parameter (see :meth:`RolloutWorker.checksums`)."""
+        return list(ray.get([w.checksums.remote() for w in self.workers]))
+
+    def get_rng_state(self) -> list[Any]:
+        return list(ray.get([w.get_rng_state.remote() for w in self.workers]))
+
+    def set_rng_state(self, state: Any) -> None:
+        ray.get([w.set_rng_state.remote(s) for w, s in zip(self.workers, state, strict=True)])
+
+    def reseed(self, seed: int) -> None:
+        """Worker ``i`` restarts from ``seed + i``."""
+        ray.get([w.reseed.remote(seed + i) for i, w in enumerate(self.workers)])
+
+    def close(self) -> None:
+        for worker in self.workers:
+            ray.kill(worker)
+        self.workers = []
+
+
+def _take(rows: list[int], *columns: Sequence[Any]) -> list[list[Any]]:
+    return [[column[i] for i in rows] for column in columns]
+
+
+# ---------------------------------------------------------------------------------------- training
+
+
+class LearnerWorker:
+    """One training process: rank ``rank`` of ``world_size``, a :class:`Learner` over sharded models."""
+
+    def __init__(self, config: TPPOConfig, rank: int, world_size: int) -> None:
+        _set_threads(config.distributed.train)
+        self.config, self.shard = config, Shard(rank, world_size)
+        self.learner: Learner | None = None
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, master_addr: str, master_port: int) -> None:
+        d = self.config.distributed
+        init_process_group(
+            backend=d.resolved_backend(),
+            rank=self.shard.rank,
+            world_size=self.shard.world_size,
+            master_addr=master_addr,
+            master_port=master_port,
+        )
+        torch.manual_seed(self.config.trainer.seed)
+        models = load_models(self.config.model)
+        device = next(models.policy.parameters()).device
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        mesh = device_mesh(device, self.shard.world_size)
+        shard_model(models.policy, mesh)
+        shard_model(models.value, mesh)
+        self.learner = Learner(self.config, models, self.shard)
+
+    def call(self, method: str, *args: Any) -> Any:
+        """Run ``Learner.<method>(*args)``; whole-model results come back from rank 0 only."""
+        assert self.learner is not None, "setup() first"
+        result = getattr(self.learner, method)(*args)
+        if method in ("policy_weights", "gradients"):
+            return (
+                list(result.items() if isinstance(result, dict) else result) if self.shard.rank == 0 else None
+            )
+        return result
+
+    def shutdown(self) -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+class RayLearnerGroup:
+    """``distributed.train_workers`` :class:`LearnerWorker` s; a :class:`~tppo.learner.LearnerRole`."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, config: TPPOConfig) -> None:
+        d = config.distributed
+        connect(d)
+        actor = _actor_class(LearnerWorker, d.train)
+        self.workers = [actor.remote(config, rank, d.train_workers) for rank in range(d.train_workers)]
+        master_addr, master_port = ray.get(self.workers[0].rendezvous_address.remote())
+        ray.get([w.setup.remote(master_addr, master_port) for w in self.workers])
+
+    def _all(self, method: str, *args: Any) -> list[Any]:
+        refs = [ray.put(a) if isinstance(a, RolloutBatch) else a for a in args]
+        return list(ray.get([w.call.remote(method, *refs) for w in self.workers]))
+
+    def score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """Each rank scores its rows (zeros elsewhere): the sum is the whole batch's."""
+        parts = self._all("score", batch)
+        return {key: torch.stack([p[key] for p in parts]).sum(dim=0) for key in parts[0]}
+
+    def set_learning_rates(self, actor_lr: float, critic_lr: float) -> None:
+        self._all("set_learning_rates", actor_lr, critic_lr)
+
+    def update_actor(self, batch: RolloutBatch) -> dict[str, float]:
+        return dict(self._all("update_actor", batch)[0])
+
+    def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
+        return dict(self._all("update_critic", batch)[0])
+
+    def policy_weights(self) -> list[tuple[str, torch.Tensor]]:
+        return list(self._all("policy_weights")[0])
+
+    def gradients(self, role: str) -> dict[str, torch.Tensor]:
+        return dict(self._all("gradients", role)[0])
+
+    def save(self, directory: Path) -> None:
+        self._all("save", Path(directory))
+
+    def close(self) -> None:
+        ray.get([w.shutdown.remote() for w in self.workers])
+        for worker in self.workers:
+            ray.kill(worker)
+        self.workers = []

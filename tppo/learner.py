@@ -1,0 +1,222 @@
+"""The training role: policy and value models with their optimizers, and the phases that use them
+(score, actor, critic), plus the weights the rollout engines sync from.
+
+One :class:`Learner` is one training process. In single-process mode the trainer holds one, with the
+whole models. In distributed mode (``distributed.train_workers = M``) each of M workers holds one
+whose models are sharded with FSDP2 (:mod:`tppo.distributed.fsdp`) and whose :class:`Shard` says which
+piece of every minibatch it trains on; the code that runs is the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch.distributed.tensor import DTensor
+from transformers import PreTrainedModel
+
+from tppo.config import TPPOConfig
+from tppo.models import Models, response_log_probs, response_values
+from tppo.rollout.batch import RolloutBatch, shard_packs
+from tppo.update import LossFn, Shard, UpdateSchedule, actor_loss_fn, critic_loss_fn, run_update
+
+
+class LearnerRole(Protocol):
+    """What the trainer asks of the training role (a :class:`Learner`, or a group of remote ones)."""
+
+    device: torch.device
+
+    def score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]: ...
+
+    def set_learning_rates(self, actor_lr: float, critic_lr: float) -> None: ...
+
+    def update_actor(self, batch: RolloutBatch) -> dict[str, float]: ...
+
+    def update_critic(self, batch: RolloutBatch) -> dict[str, float]: ...
+
+    def policy_weights(self) -> Iterable[tuple[str, torch.Tensor]]: ...
+
+    def save(self, directory: Path) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def build_optimizer(model: torch.nn.Module, lr: float, config: TPPOConfig) -> torch.optim.AdamW:
+    o = config.optim
+    return torch.optim.AdamW(model.parameters(), lr=lr, betas=o.betas, weight_decay=o.weight_decay, eps=o.eps)
+
+
+class Learner:
+    """Policy and value model, their optimizers and the update shuffles of one training process.
+
+    Args:
+        config: the run's configuration (algorithm, optimizer, seed, sampling temperature).
+        models: the models this process trains (whole, or FSDP-sharded in a distributed worker).
+        shard: this process's rank among the training processes.
+    """
+
+    def __init__(self, config: TPPOConfig, models: Models, shard: Shard | None = None) -> None:
+        self.config, self.models, self.shard = config, models, shard or Shard()
+        self.device = next(models.policy.parameters()).device
+        self.actor_optim = build_optimizer(models.policy, config.optim.actor_lr, config)
+        self.critic_optim = build_optimizer(models.value, config.optim.critic_lr, config)
+        # Every rank draws the same minibatch shuffles, so that they agree on each minibatch's rows.
+        self.update_generator = torch.Generator().manual_seed(config.trainer.seed)
+
+    @torch.no_grad()
+    def score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """``old_values`` for every response token; ``old_log_probs`` unless the actor's own first
+        forward pass gives them (one epoch, one minibatch: then they are identical).
+
+        Returns ``Tensor[B, T]`` per key, on the batch's device, filled on this rank's rows (all rows
+        in single-process mode) and zero elsewhere: the ranks' results add up to the whole.
+        """
+        a, home = self.config.algorithm, batch.input_ids.device
+        batch = batch.to(self.device)
+        rows = torch.arange(len(batch.is_finished), device=self.device)
+        packs, padding = shard_packs(
+            rows,
+            batch.lengths,
+            max_tokens=a.micro_batch_tokens,
+            rank=self.shard.rank,
+            world_size=self.shard.world_size,
+        )
+        self.models.value.eval()
+        out = {"old_values": self._forward_pieces(response_values, self.models.value, batch, packs, padding)}
+        if a.recompute_old_log_probs and (a.ppo_epochs > 1 or a.num_minibatches > 1):
+            self.models.policy.eval()
+            temperature = self.config.rollout.temperature
+
+            def log_probs(model: PreTrainedModel, sub: RolloutBatch) -> torch.Tensor:
+                return response_log_probs(model, sub, temperature=temperature)[0]
+
+            out["old_log_probs"] = self._forward_pieces(log_probs, self.models.policy, batch, packs, padding)
+        return {key: value.to(home) for key, value in out.items()}
+
+    def _forward_pieces(
+        self,
+        forward: Callable[[PreTrainedModel, RolloutBatch], torch.Tensor],
+        model: PreTrainedModel,
+        batch: RolloutBatch,
+        packs: list[torch.Tensor],
+        padding: int,
+    ) -> torch.Tensor:
+        pieces = [forward(model, batch.select(p)) for p in packs]
+        for _ in range(padding):  # keep collective calls in step with the other ranks
+            forward(model, batch.select([0]))
+        return stitch(packs, pieces, batch.response_mask)
+
+    def set_learning_rates(self, actor_lr: float, critic_lr: float) -> None:
+        for optimizer, lr in ((self.actor_optim, actor_lr), (self.critic_optim, critic_lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+    def update_actor(self, batch: RolloutBatch) -> dict[str, float]:
+        """The clipped policy update on the batch's ``policy_mask`` tokens."""
+        a = self.config.algorithm
+        loss_fn = actor_loss_fn(
+            temperature=self.config.rollout.temperature,
+            clip_eps_low=a.clip_eps_low,
+            clip_eps_high=a.clip_eps_high,
+            dual_clip=a.dual_clip,
+        )
+        return self._update(self.models.policy, self.actor_optim, batch, "policy_mask", loss_fn)
+
+    def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
+        """Monte-Carlo value regression on the ``value_mask`` tokens (none: no update)."""
+        a = self.config.algorithm
+        loss_fn = critic_loss_fn(value_clip_low=a.value_clip_low, value_clip_high=a.value_clip_high)
+        return self._update(self.models.value, self.critic_optim, batch, "value_mask", loss_fn)
+
+    def _update(
+        self,
+        model: PreTrainedModel,
+        optimizer: torch.optim.Optimizer,
+        batch: RolloutBatch,
+        mask_key: str,
+        loss_fn: LossFn,
+    ) -> dict[str, float]:
+        a = self.config.algorithm
+        schedule = UpdateSchedule(
+            a.ppo_epochs, a.num_minibatches, a.micro_batch_tokens, self.config.optim.max_grad_norm
+        )
+        return run_update(
+            model,
+            optimizer,
+            batch.to(self.device),
+            mask_key=mask_key,
+            loss_fn=loss_fn,
+            schedule=schedule,
+            generator=self.update_generator,
+            shard=self.shard,
+        )
+
+    def policy_weights(self) -> Iterable[tuple[str, torch.Tensor]]:
+        """The policy's parameters by Hugging Face name, whole (sharded ones are gathered: every rank
+        must call this together). In single-process mode: the live parameters, nothing copied."""
+        if self.shard.world_size == 1 and not _is_sharded(self.models.policy):
+            return self.models.policy.named_parameters()
+        return list(full_tensors(self.models.policy.named_parameters()))
+
+    def gradients(self, role: str) -> dict[str, torch.Tensor]:
+        """The current gradients of ``policy`` or ``value``, whole, on the CPU (for checks)."""
+        model = self.models.policy if role == "policy" else self.models.value
+        grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
+        return {name: g.cpu() for name, g in full_tensors(grads)}
+
+    def save(self, directory: Path) -> None:
+        """Policy (with tokenizer) and value model in Hugging Face format (safetensors)."""
+        directory = Path(directory)
+        if self.shard.rank == 0:
+            directory.mkdir(parents=True, exist_ok=True)
+        for name, model in (("policy", self.models.policy), ("value", self.models.value)):
+            save_model(model, directory / name, is_writer=self.shard.rank == 0)
+        if self.shard.rank == 0:
+            self.models.tokenizer.save_pretrained(directory / "policy")
+
+    def close(self) -> None:
+        """Nothing to release in-process."""
+
+
+def full_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> Iterable[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` with sharded ``DTensor`` s gathered into whole plain tensors (collective)."""
+    for name, tensor in named:
+        if isinstance(tensor, DTensor):
+            yield name, tensor.full_tensor().detach()
+        else:
+            yield name, tensor.detach()
+
+
+def _is_sharded(model: torch.nn.Module) -> bool:
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def save_model(model: PreTrainedModel, directory: Path, *, is_writer: bool = True) -> None:
+    """``save_pretrained``, gathering sharded parameters first (all ranks call; ``is_writer`` writes)."""
+    if not _is_sharded(model):
+        if is_writer:
+            model.save_pretrained(directory)
+        return
+    state = {name: tensor.cpu() for name, tensor in full_tensors(model.state_dict().items())}
+    if not is_writer:
+        return
+    # FSDP2 swaps the model's class for a subclass; write with the original one (config.json's
+    # `architectures` names the class), building it on the meta device and assigning the gathered tensors.
+    cls = next(c for c in type(model).__mro__ if "FSDP" not in c.__name__ and issubclass(c, PreTrainedModel))
+    with torch.device("meta"):
+        plain = cls(model.config)
+    plain.load_state_dict(state, assign=True, strict=False)
+    plain.tie_weights()
+    plain.save_pretrained(directory)
+
+
+def stitch(packs: list[torch.Tensor], pieces: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    """Put ``pieces[i]`` (``[len(packs[i]), T_i]``, trimmed by ``select``) back at rows ``packs[i]``
+    of a zero ``Tensor[B, T] float32`` shaped like ``mask``; zero wherever ``mask`` is False (padding
+    positions hold whatever the forward pass gave them, which depends on how rows were packed)."""
+    out = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+    for rows, piece in zip(packs, pieces, strict=True):
+        out[rows, : piece.shape[1]] = piece.float()
+    return torch.where(mask, out, 0.0)

@@ -1,0 +1,54 @@
+"""Wiring the trainer's two roles, in-process or remote; the trainer's phases are the same either way.
+
+- rollout (sync + generate): an :class:`~tppo.engines.base.Engine`. In-process, the configured engine
+  over the learner's own policy; with ``distributed.rollout_workers = N``, a
+  :class:`~tppo.distributed.ray_roles.RayRolloutGroup` of N Ray actors sharing the slots.
+- learning (score, actor, critic, and the weights to sync): a :class:`~tppo.learner.LearnerRole`.
+  In-process, a :class:`~tppo.learner.Learner`; with ``distributed.train_workers = M``, a
+  :class:`~tppo.distributed.ray_roles.RayLearnerGroup` of M FSDP2 processes.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedModel
+
+from tppo.config import TPPOConfig
+from tppo.engines import get_engine_factory
+from tppo.engines.base import Engine
+from tppo.learner import Learner, LearnerRole
+from tppo.models import Models, Vocabulary, load_models, load_policy
+
+
+def build_engine(config: TPPOConfig, policy: PreTrainedModel, vocabulary: Vocabulary, *, seed: int) -> Engine:
+    """The configured rollout engine, generating with ``policy``."""
+    factory = get_engine_factory(config.rollout.engine)
+    return factory(
+        policy,
+        eos_token_ids=vocabulary.eos_token_ids,
+        pad_token_id=vocabulary.pad_token_id,
+        seed=seed,
+        max_batch_size=config.rollout.max_batch_size,
+    )
+
+
+def build_learner(config: TPPOConfig, models: Models | None = None) -> LearnerRole:
+    """The training role: in-process (``train_workers = 0``) or M remote FSDP2 processes."""
+    if config.distributed.train_workers == 0:
+        return Learner(config, models or load_models(config.model))
+    from tppo.distributed.ray_roles import RayLearnerGroup
+
+    return RayLearnerGroup(config)
+
+
+def build_rollout(config: TPPOConfig, learner: LearnerRole, vocabulary: Vocabulary) -> Engine:
+    """The rollout role: in-process (``rollout_workers = 0``) or N Ray actors sharing the slots.
+
+    In-process with an in-process learner, the engine samples from the very policy being trained
+    (syncing copies nothing); with remote training workers it holds a copy, synced every step.
+    """
+    if config.distributed.rollout_workers == 0:
+        policy = learner.models.policy if isinstance(learner, Learner) else load_policy(config.model)
+        return build_engine(config, policy, vocabulary, seed=config.trainer.seed)
+    from tppo.distributed.ray_roles import RayRolloutGroup
+
+    return RayRolloutGroup(config)
