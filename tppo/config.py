@@ -52,8 +52,9 @@ class DataConfig:
         task: a built-in synthetic task (``lcg``, ``collatz``): prompts, answers and the reward.
         train_size: training prompts drawn from the task (seeded by ``trainer.seed``). One
             prompt in five of the task's prompt space (by a stable hash) is held out: training
-            draws never take it, evaluation draws only take those.
-        eval_size: held-out prompts used for ``eval/accuracy``.
+            draws never take it, evaluation draws only take those. Unused with ``train_files``.
+        eval_size: held-out prompts used for ``eval/accuracy`` (with ``eval_file``: its first
+            this-many rows; 0: no evaluation).
         eval_seed: seed of the held-out draws.
         shuffle: shuffle the prompt order every epoch.
         max_prompt_length: prompts longer than this (in tokens) are an error.
