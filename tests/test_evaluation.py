@@ -56,9 +56,9 @@ def test_evaluate_groups_k_samples_per_row_and_batches_rows():
         max_response_length=4,
         samples_per_prompt=3,
         prompts_per_batch=2,
-        on_batch=seen.append,
+        on_batch=lambda so_far, n: seen.append((len(so_far.scores), n)),
     )
-    assert engine.calls == [6, 3] and seen == [2, 1]
+    assert engine.calls == [6, 3] and seen == [(2, 2), (3, 1)]
     assert result.scores == [[1.0, 0.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
     assert result.responses[0] == ["7", "3", "7"]
     assert result.avg_at_k == pytest.approx((2 / 3 + 1 + 0) / 3) and result.pass_at_k == pytest.approx(2 / 3)
@@ -76,10 +76,12 @@ def test_tppo_eval_writes_results_and_summary(tmp_path, capsys):
     out = tmp_path / "eval"
     argv = ["eval", "--model", "tppo-demo", "--data", str(data), "--samples", "2", "--max-tokens", "48"]
     argv += ["--reward", "task:lcg", "--template", "none", "--output-dir", str(out), "--device", "cpu"]
+    argv += ["--prompts-per-batch", "2"]  # results.jsonl is written batch by batch
     assert main(argv) == 0
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
-    assert len(lines) == 3 and all(len(r["scores"]) == len(r["responses"]) == 2 for r in lines)
+    assert [r["index"] for r in lines] == [0, 1, 2]
+    assert all(len(r["scores"]) == len(r["responses"]) == 2 for r in lines)
     assert lines[0]["ground_truth"] == task.examples(3, 1)[0].answer
     assert summary["problems"] == 3 and summary["k"] == 2 and summary["samples_per_s"] > 0
     assert summary["avg_at_k"] == pytest.approx(sum(r["avg"] for r in lines) / 3)

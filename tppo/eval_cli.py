@@ -76,9 +76,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     scorer = RewardScorer(args.reward, num_workers=2, timeout_s=args.reward_timeout)
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        with tqdm(total=len(rows), desc="tppo eval", unit="problem", dynamic_ncols=True) as bar:
+        with (
+            tqdm(total=len(rows), desc="tppo eval", unit="problem", dynamic_ncols=True) as bar,
+            (out / "results.jsonl").open("w") as handle,
+        ):
+
+            def on_batch(so_far: EvalResult, n: int) -> None:  # each batch's problems, as they finish
+                first = len(so_far.scores) - n
+                for i in range(first, len(so_far.scores)):
+                    handle.write(json.dumps(result_record(i, problems[i], rows[i], so_far)) + "\n")
+                handle.flush()
+                bar.update(n)
+
             result = evaluate(
                 engine,
                 vocabulary.tokenizer,
@@ -88,36 +101,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 max_response_length=args.max_tokens,
                 samples_per_prompt=args.samples,
                 prompts_per_batch=args.prompts_per_batch,
-                on_batch=bar.update,
+                on_batch=on_batch,
             )
     finally:
         scorer.close()
         engine.close()
     seconds = time.perf_counter() - start
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_results(out / "results.jsonl", problems, rows, result)
     summary = summarise(args, result, seconds)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-def write_results(path: Path, problems: list[Any], rows: list[Any], result: EvalResult) -> None:
-    with path.open("w") as handle:
-        for i, (problem, row) in enumerate(zip(problems, rows, strict=True)):
-            record = {
-                "index": i,
-                "source": problem.source,
-                "prompt": row.text,
-                "ground_truth": row.ground_truth,
-                "avg": result.per_prompt[i],
-                "pass": any(s >= 1.0 for s in result.scores[i]),
-                "scores": result.scores[i],
-                "lengths": result.lengths[i],
-                "truncated": result.truncated[i],
-                "responses": result.responses[i],
-            }
-            handle.write(json.dumps(record) + "\n")
+def result_record(i: int, problem: Any, row: Any, result: EvalResult) -> dict[str, Any]:
+    """One line of ``results.jsonl``: problem ``i``, its k responses and their scores."""
+    return {
+        "index": i,
+        "source": problem.source,
+        "prompt": row.text,
+        "ground_truth": row.ground_truth,
+        "avg": result.per_prompt[i],
+        "pass": any(s >= 1.0 for s in result.scores[i]),
+        "scores": result.scores[i],
+        "lengths": result.lengths[i],
+        "truncated": result.truncated[i],
+        "responses": result.responses[i],
+    }
 
 
 def summarise(args: argparse.Namespace, result: EvalResult, seconds: float) -> dict[str, Any]:

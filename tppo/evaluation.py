@@ -104,12 +104,13 @@ def evaluate(
     max_response_length: int,
     samples_per_prompt: int = 1,
     prompts_per_batch: int | None = None,
-    on_batch: Callable[[int], object] | None = None,
+    on_batch: Callable[[EvalResult, int], object] | None = None,
 ) -> EvalResult:
     """Generate ``samples_per_prompt`` responses per row and score them.
 
     Rows go to the engine ``prompts_per_batch`` at a time (``None``: all in one call), each with
-    its k samples; ``on_batch(n)`` is called after each batch with its number of rows (progress).
+    its k samples; ``on_batch(result_so_far, n)`` is called after each batch of ``n`` rows (progress,
+    results written as they come).
     """
     if not rows:
         raise ValueError("evaluation needs at least one prompt")
@@ -135,5 +136,5 @@ def evaluate(
             result.lengths.append([len(c.token_ids) for c in completions[part]])
             result.truncated.append([c.finish_reason == "length" for c in completions[part]])
         if on_batch is not None:
-            on_batch(len(chunk))
+            on_batch(result, len(chunk))
     return result
