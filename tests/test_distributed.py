@@ -52,7 +52,11 @@ def ray_cluster():
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=False)
     else:
-        ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        except Exception:  # Ray gives its raylet 30 s to register; a busy machine can miss that once
+            ray.shutdown()
+            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

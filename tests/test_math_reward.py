@@ -12,7 +12,7 @@ from reward_helpers import CALLS
 
 from tppo.math_answer import extract_final_answer, last_boxed, math_answer_reward
 from tppo.reward_pool import RewardPool
-from tppo.rewards import RewardScorer, get_reward, math_reward
+from tppo.rewards import PoolScorer, RewardScorer, build_scorer, get_reward, math_reward
 
 HANGING = "Let me compute.\nAnswer: $9^{9^{9^{9}}}$"
 """math-verify evaluates this power tower (a number of ~370 million digits) when comparing."""
@@ -104,13 +104,17 @@ def test_workers_are_separate_processes():
     assert CALLS == []  # the reward's side effects stayed in the workers
 
 
-def test_scorer_picks_the_pool_or_this_process():
-    scorer = RewardScorer("task:lcg", num_workers=2, timeout_s=1)
-    assert scorer.pool is None  # built-in task verifiers run here
-    assert scorer.score(["30:521=20:283;10:351;00#664"], ["664"]).scores == [1.0]
-    scorer = RewardScorer("math", num_workers=1, timeout_s=1.5)
+def test_scorer_picks_the_pool_or_one_worker():
+    scorer = build_scorer("task:lcg", num_workers=2, timeout_s=5)
     try:
-        batch = scorer.score(["Answer: 2", HANGING], ["2", "5"])
+        assert isinstance(scorer, RewardScorer)  # built-in task verifiers: one worker process
+        assert scorer(["30:521=20:283;10:351;00#664"], ["664"]).scores == [1.0]
+    finally:
+        scorer.close()
+    scorer = build_scorer("math", num_workers=1, timeout_s=1.5)
+    try:
+        assert isinstance(scorer, PoolScorer)
+        batch = scorer(["Answer: 2", HANGING], ["2", "5"])
         assert (batch.scores, batch.timeouts) == ([1.0, 0.0], 1)
     finally:
         scorer.close()

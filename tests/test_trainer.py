@@ -104,9 +104,12 @@ def test_cli_train_writes_config_metrics_tensorboard_checkpoints_and_plot(tmp_pa
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     AutoModelForCausalLM.from_pretrained(out / "final" / "policy")
     AutoModelForTokenClassification.from_pretrained(out / "final" / "value")
-    # a second run into the same directory is refused rather than appended to
+    # the end of the run is a checkpoint: the same command again resumes there and appends nothing
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
+    before = (out / "metrics.jsonl").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 2 and "already holds a run" in again.stderr
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stderr and (out / "metrics.jsonl").read_text() == before
 
 
 def test_learning_rates_follow_the_schedule_step_by_step(tmp_path):

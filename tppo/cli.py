@@ -1,4 +1,4 @@
-"""``tppo`` command line: train, eval, sft, bench, plot."""
+"""``tppo`` command line: train, eval, sft, bench, bench-engines, plot."""
 
 from __future__ import annotations
 
@@ -19,27 +19,62 @@ from tppo.sources import DataError
 
 
 def _train(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.overrides)  # refused here, before anything loads
     output_dir = Path(args.output_dir or Path("runs") / (Path(args.config).stem if args.config else "tppo"))
-    if (output_dir / "metrics.jsonl").exists():
-        if not args.overwrite:
-            raise ConfigError(
-                f"output directory {str(output_dir)!r} already holds a run (metrics.jsonl); "
-                "choose another --output-dir or pass --overwrite"
-            )
+    if args.overwrite and output_dir.exists():
         shutil.rmtree(output_dir)
+    from tppo.checkpoint import latest_checkpoint, read_state
+
+    checkpoint = latest_checkpoint(output_dir / "checkpoints")
+    holds_run = (output_dir / "metrics.jsonl").exists() or checkpoint is not None
+    config_path = args.config
+    if config_path is None and holds_run and (output_dir / "config.yaml").is_file():
+        config_path = output_dir / "config.yaml"  # continuing a run: its own config, plus overrides
+    config = load_config(config_path, args.overrides)  # refused here, before anything loads
+    if holds_run and checkpoint is None and not args.resume:
+        raise ConfigError(
+            f"output directory {str(output_dir)!r} already holds a run (metrics.jsonl) but no usable "
+            "checkpoint; pass --resume to run it again from step 0 there, --overwrite to replace it, "
+            "or choose another --output-dir"
+        )
+    if checkpoint is not None:
+        from tppo.checkpoint import STATE_FILE, config_changes
+        from tppo.config import to_dict
+
+        if not (checkpoint / STATE_FILE).is_file():
+            raise ConfigError(
+                f"checkpoint {str(checkpoint)!r} holds weights only (remote training workers wrote it) and "
+                "cannot be resumed; pass --overwrite or choose another --output-dir"
+            )
+        changes = config_changes(read_state(checkpoint)["config"], to_dict(config))
+        if changes:
+            raise ConfigError(
+                f"cannot resume from {str(checkpoint)!r} with a different config: {'; '.join(changes)}"
+            )
+        print(f"resuming from {checkpoint}", file=sys.stderr)
     from tppo.plotting import plot_runs
-    from tppo.trainer import Trainer
+    from tppo.trainer import Trainer, TrainingError
 
     trainer = Trainer(config, output_dir)
     try:
+        if holds_run:
+            trainer.resume(checkpoint)
         history = trainer.train()
+    except TrainingError as error:
+        print(f"tppo: training stopped: {error}", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
+    if trainer.stop_signal is not None:
+        print(
+            f"stopped by signal {trainer.stop_signal} at step {trainer.step}; checkpoint in "
+            f"{output_dir / 'checkpoints'}; run the same command to continue",
+            file=sys.stderr,
+        )
+        return 128 + trainer.stop_signal
     plot = plot_runs([output_dir], output_dir / "plot.png")
     evals = [row["eval/accuracy"] for row in history if "eval/accuracy" in row]
     if evals:
-        steps = len(history) - 1
+        steps = trainer.step
         print(f"held-out accuracy: {evals[0]:.3f} before training -> {evals[-1]:.3f} after {steps} steps")
     seconds = history[-1].get("time/train_elapsed_s", 0.0) if history else 0.0
     print(f"training wall-clock: {seconds:.0f} s; metrics: {output_dir / 'metrics.jsonl'}")
@@ -90,6 +125,14 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_engines(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.overrides)
+    from tppo.bench_engines import run_benchmark
+
+    run_benchmark(config, repeats=args.repeats, skip_hf=args.skip_hf)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tppo", description="Truncated PPO for reasoning language models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML file overriding the defaults (see tppo/config.py)")
     train.add_argument("--output-dir", help="where metrics, TensorBoard files and checkpoints go")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output-dir from its newest valid checkpoint (automatic when it has "
+        "one; without one, run it again from step 0 there). Its config.yaml is used unless --config is given",
+    )
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. rollout.window_length=64")
     train.set_defaults(func=_train)
 
@@ -123,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
     bench.set_defaults(func=_bench)
+
+    engines = sub.add_parser(
+        "bench-engines",
+        help="generated tokens/s of the HF engine, the vLLM engine and raw vLLM LLM.generate, same prompts",
+    )
+    engines.add_argument("--config", help="YAML file overriding the defaults (see tppo/config.py)")
+    engines.add_argument("--repeats", type=int, default=3, help="timed rounds per engine, after one warm-up")
+    engines.add_argument("--skip-hf", action="store_true", help="time only the two vLLM paths")
+    engines.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. rollout.num_slots=64")
+    engines.set_defaults(func=_bench_engines)
 
     plot = sub.add_parser("plot", help="plot accuracy and reward vs wall-clock of one or more runs")
     plot.add_argument("run_dirs", nargs="+")

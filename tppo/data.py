@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from tppo.config import DataConfig
 from tppo.rollout.prompts import PromptRow
 from tppo.sources import load_problems, problem_rows
 from tppo.tasks import Example, Task, get_task
+
+log = logging.getLogger(__name__)
 
 HELD_OUT_SHARE = 5
 """One prompt in this many (by a stable hash of its text) is held out for evaluation."""
@@ -42,18 +45,38 @@ def draw_split(task: Task, *, size: int, seed: int, held_out: bool) -> list[Exam
 
 
 def task_rows(
-    task: Task, tokenizer: PreTrainedTokenizerBase, examples: list[Example], *, max_prompt_length: int
+    task: Task,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[Example],
+    *,
+    max_prompt_length: int,
+    overlong: str = "error",
 ) -> list[PromptRow]:
-    """Tokenised rows; a prompt over the limit is an error naming the example."""
-    rows = []
+    """Tokenised rows; a prompt over the limit is an error naming the example, or, with
+    ``overlong="skip"``, left out (the log says how many)."""
+    rows, skipped = [], 0
     for index, example in enumerate(examples):
         ids = tokenize_prompt(tokenizer, example.prompt)
         if len(ids) > max_prompt_length:
+            if overlong == "skip":
+                skipped += 1
+                continue
             raise ValueError(
                 f"task {task.name!r} example {index}: prompt of {len(ids)} tokens exceeds "
-                f"data.max_prompt_length={max_prompt_length}"
+                f"data.max_prompt_length={max_prompt_length} (data.overlong_prompts=skip leaves such "
+                "prompts out)"
             )
         rows.append(PromptRow(token_ids=ids, ground_truth=example.answer, text=example.prompt))
+    if skipped:
+        log.warning(
+            "task %r: skipped %d of %d prompts longer than data.max_prompt_length=%d",
+            task.name,
+            skipped,
+            len(examples),
+            max_prompt_length,
+        )
+    if not rows:
+        raise ValueError(f"task {task.name!r}: no prompt fits data.max_prompt_length={max_prompt_length}")
     return rows
 
 
@@ -71,8 +94,10 @@ def build_task_data(
     )
     return (
         task,
-        task_rows(task, tokenizer, train, max_prompt_length=limit),
-        task_rows(task, tokenizer, held_out, max_prompt_length=limit),
+        task_rows(task, tokenizer, train, max_prompt_length=limit, overlong=config.overlong_prompts),
+        task_rows(task, tokenizer, held_out, max_prompt_length=limit, overlong=config.overlong_prompts)
+        if held_out
+        else [],
     )
 
 

@@ -51,11 +51,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate and write the outputs; returns the summary."""
     from tqdm import tqdm
 
-    from tppo.config import ModelConfig
-    from tppo.engines import SamplingParams, get_engine_factory
+    from tppo.config import DataConfig, ModelConfig, RolloutConfig, TPPOConfig
+    from tppo.engines import SamplingParams
     from tppo.evaluation import evaluate
     from tppo.models import load_policy, load_vocabulary
-    from tppo.rewards import RewardScorer
+    from tppo.rewards import build_scorer
+    from tppo.roles import build_engine
     from tppo.sources import load_problems, problem_rows
 
     if args.samples < 1:
@@ -71,10 +72,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         chat=chat,
         max_prompt_length=args.max_prompt_length,
     )
-    engine = get_engine_factory(args.engine)(
-        policy, eos_token_ids=vocabulary.eos_token_ids, pad_token_id=vocabulary.pad_token_id, seed=args.seed
+    config = TPPOConfig(  # what the engine reads of a training config
+        model=model_config,
+        data=DataConfig(max_prompt_length=args.max_prompt_length),
+        rollout=RolloutConfig(
+            engine=args.engine,
+            max_response_length=args.max_tokens,
+            window_length=min(args.max_tokens, RolloutConfig.window_length),
+        ),
     )
-    scorer = RewardScorer(args.reward, num_workers=2, timeout_s=args.reward_timeout)
+    engine = build_engine(config, policy, vocabulary, seed=args.seed)
+    scorer = build_scorer(args.reward, num_workers=2, timeout_s=args.reward_timeout)
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result = evaluate(
                 engine,
                 vocabulary.tokenizer,
-                scorer.score,
+                scorer,
                 rows,
                 sampling=sampling,
                 max_response_length=args.max_tokens,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 from torch.distributed.tensor import DTensor
@@ -160,9 +160,10 @@ class Learner:
             return self.models.policy.named_parameters()
         return list(full_tensors(self.models.policy.named_parameters()))
 
-    def gradients(self, role: str) -> dict[str, torch.Tensor]:
-        """The current gradients of ``policy`` or ``value``, whole, on the CPU (for checks)."""
-        model = self.models.policy if role == "policy" else self.models.value
+    def gradients(self, role: Literal["policy", "value"]) -> dict[str, torch.Tensor]:
+        """The current gradients of ``policy`` or ``value``, whole, on the CPU (for checks; sharded
+        ones are gathered, so every rank must call this together)."""
+        model = {"policy": self.models.policy, "value": self.models.value}[role]
         grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
         return {name: g.cpu() for name, g in full_tensors(grads)}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,26 +33,36 @@ class PhaseTimer:
 class MetricsLogger:
     """Appends one JSON line per step to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
 
-    def __init__(self, output_dir: Path, *, tensorboard: bool = True) -> None:
+    def __init__(self, output_dir: Path, *, tensorboard: bool = True, purge_step: int | None = None) -> None:
+        """``purge_step``: a resumed run hides TensorBoard events from this step on (they are
+        written again); ``metrics.jsonl`` is truncated by the resume itself."""
         output_dir.mkdir(parents=True, exist_ok=True)
         self.path = output_dir / "metrics.jsonl"
+        self.rows = len(read_metrics(self.path)) if self.path.exists() else 0
+        """Rows in ``metrics.jsonl`` (a checkpoint records it: its metrics position)."""
         self._file = self.path.open("a")
         self._writer: Any = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(str(output_dir / "tensorboard"))
+            self._writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=purge_step)
 
     def log(self, metrics: dict[str, Any]) -> None:
         clean = {k: _jsonable(v) for k, v in metrics.items()}
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
+        self.rows += 1
         if self._writer is not None:
             step = int(metrics["step"])
             for key, value in clean.items():
                 if key != "step" and isinstance(value, int | float) and value is not None:
                     self._writer.add_scalar(key, value, step)
             self._writer.flush()
+
+    def sync(self) -> None:
+        """Flush ``metrics.jsonl`` to disk (before a checkpoint counts its rows)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()

@@ -83,7 +83,9 @@ class Models:
 def load_vocabulary(config: ModelConfig) -> Vocabulary:
     """The tokenizer, with the EOS ids of the tokenizer and of the policy's generation config
     (no weights are loaded: a distributed controller needs only this)."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(config.tokenizer_path or config.policy_path))
+    tokenizer_path = resolve_model_path(config.tokenizer_path or config.policy_path)
+    check_tokenizer_folder(tokenizer_path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer of {config.tokenizer_path or config.policy_path!r} has no EOS token")
     eos_ids = {int(tokenizer.eos_token_id)}
@@ -117,6 +119,20 @@ def load_models(config: ModelConfig) -> Models:
     value.to(resolve_device(config.device))  # type: ignore[arg-type]
     disable_dropout(value)
     return Models(vocabulary.tokenizer, policy, value, vocabulary.eos_token_ids, vocabulary.pad_token_id)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def check_tokenizer_folder(path: str) -> None:
+    """A local folder must hold tokenizer files: without them ``AutoTokenizer`` quietly builds an
+    empty tokenizer from the model's config, which turns every prompt into nothing."""
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"model folder {path!r} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+            "tokenizer there (tokenizer.save_pretrained) or name one with model.tokenizer_path"
+        )
 
 
 def load_value_model(path: str, dtype: torch.dtype) -> PreTrainedModel:

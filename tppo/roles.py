@@ -20,15 +20,8 @@ from tppo.models import Models, Vocabulary, load_models, load_policy
 
 
 def build_engine(config: TPPOConfig, policy: PreTrainedModel, vocabulary: Vocabulary, *, seed: int) -> Engine:
-    """The configured rollout engine, generating with ``policy``."""
-    factory = get_engine_factory(config.rollout.engine)
-    return factory(
-        policy,
-        eos_token_ids=vocabulary.eos_token_ids,
-        pad_token_id=vocabulary.pad_token_id,
-        seed=seed,
-        max_batch_size=config.rollout.max_batch_size,
-    )
+    """The configured rollout engine, generating with ``policy``'s weights (see ``Engine.from_config``)."""
+    return get_engine_factory(config.rollout.engine).from_config(config, policy, vocabulary, seed=seed)
 
 
 def build_learner(config: TPPOConfig, models: Models | None = None) -> LearnerRole:

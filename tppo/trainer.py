@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import logging
 import math
+import random
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -26,6 +32,7 @@ from tppo.algorithms import (
     outcome_rewards,
     select_tokens,
 )
+from tppo.checkpoint import latest_checkpoint
 from tppo.config import TPPOConfig, save_config
 from tppo.data import build_data
 from tppo.diagnostics import (
@@ -37,10 +44,12 @@ from tppo.diagnostics import (
 )
 from tppo.engines import SamplingParams
 from tppo.evaluation import EvalResult, evaluate
+from tppo.faults import crash_point
 from tppo.learner import Learner
-from tppo.metrics import MetricsLogger, PhaseTimer
+from tppo.metrics import MetricsLogger, PhaseTimer, read_metrics
 from tppo.models import Models, load_vocabulary
-from tppo.rewards import RewardScorer, ScoredBatch
+from tppo.resume import resume_trainer, save_trainer_checkpoint
+from tppo.rewards import build_scorer
 from tppo.roles import build_learner, build_rollout
 from tppo.rollout.batch import RolloutBatch, collate
 from tppo.rollout.prompts import PromptStream
@@ -54,6 +63,11 @@ DIAGNOSTIC_TAIL = 8
 ``algorithm.policy_skip_tail`` is 0 (with it set, the tail is what it skips)."""
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. non-finite updates in a row); the message says why and where
+    the last good checkpoint is."""
+
+
 class Trainer:
     """The controller: owns the slot pool and drives the two roles, the rollout engine (sync,
     generate) and the learner (score, actor, critic), in process or remote (``distributed.*``,
@@ -63,15 +77,21 @@ class Trainer:
         self.config, self.output_dir = config, Path(output_dir)
         if config.trainer.num_threads:
             torch.set_num_threads(config.trainer.num_threads)
+        random.seed(config.trainer.seed)  # every global generator, so a checkpoint's RNG states
+        np.random.seed(config.trainer.seed)  # are the same in a resumed and an uninterrupted run
         torch.manual_seed(config.trainer.seed)
         self.vocabulary = models.vocabulary if models is not None else load_vocabulary(config.model)
         self.learner = build_learner(config, models)
         self.device = self.learner.device
         data = build_data(config.data, self.vocabulary.tokenizer, seed=config.trainer.seed)
         self.eval_rows = data.held_out
-        w = config.reward
-        self.scorer = RewardScorer(
-            w.name or data.default_reward, num_workers=w.num_workers, timeout_s=w.timeout_s
+        self.scorer = build_scorer(
+            config.reward.name or data.default_reward,
+            num_workers=config.reward.num_workers,
+            timeout_s=config.trainer.reward_timeout_s,
+        )
+        self.skipped_prompts = (  # data.overlong_prompts=skip (built-in tasks)
+            0 if config.data.train_files else config.data.train_size - len(data.train)
         )
         stream = PromptStream(
             data.train,
@@ -90,6 +110,18 @@ class Trainer:
         self.engine = build_rollout(config, self.learner, self.vocabulary)
         self.step = 0
         self.train_seconds = 0.0
+        self.bad_steps = {"actor": 0, "critic": 0}
+        """Consecutive steps in which all of a model's updates were skipped (non-finite)."""
+        self.stop_signal: int | None = None
+        """SIGTERM/SIGINT received: finish the step, write a checkpoint, stop."""
+        self.resumed_from: Path | None = None
+        self.metrics_rows = 0
+        """Rows in ``metrics.jsonl`` when the last checkpoint was written (its metrics position)."""
+        self.checkpointed_step: int | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
 
     @property
     def models(self) -> Models:
@@ -102,25 +134,25 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         """One T-PPO step (Algorithm 1, lines 2-10); returns its metrics."""
         timer, step = PhaseTimer(), self.step
-        with timer("fill"):
+        with self._phase(timer, "fill"):
             new_prompts = self.pool.fill(step)
         active = self.pool.active()
-        with timer("sync"):
+        with self._phase(timer, "sync"):
             self.engine.update_weights(self.learner.policy_weights())
-        with timer("generate"):
+        with self._phase(timer, "generate"):
             self._generate(step, active)
-        with timer("reward"):
-            scores, scored = self._reward(active)
+        with self._phase(timer, "reward"):
+            scores, reward_problems = self._reward(active)
         batch = collate(active, pad_token_id=self.vocabulary.pad_token_id).to(self.device)
-        with timer("score"):
+        with self._phase(timer, "score"):
             batch.per_token.update(self.learner.score(batch))
-        with timer("estimate"):
+        with self._phase(timer, "estimate"):
             self._estimate(batch, scores, step)
             _record_bootstraps(active, batch)
         lr_factor = self._set_learning_rates()
-        with timer("actor"):
+        with self._phase(timer, "actor"):
             actor = self._update_actor(batch)
-        with timer("critic"):
+        with self._phase(timer, "critic"):
             critic = self._update_critic(batch)
         retired = self.pool.retire()
         self.step += 1
@@ -128,10 +160,16 @@ class Trainer:
         metrics.update(timer.as_metrics())
         metrics.update(self._worker_metrics(active, step))
         metrics["time/step_s"] = sum(timer.seconds.values())
-        metrics["reward/errors"] = scored.errors
-        metrics["reward/timeouts"] = scored.timeouts
+        metrics["reward/errors"], metrics["reward/timeouts"] = reward_problems
         metrics["optim/lr_factor"] = lr_factor
+        metrics["data/skipped_prompts"] = self.skipped_prompts
         return metrics
+
+    @contextmanager
+    def _phase(self, timer: PhaseTimer, name: str) -> Iterator[None]:
+        crash_point(name, self.step)
+        with timer(name):
+            yield
 
     def _generate(self, step: int, active: list[Slot]) -> None:
         prefixes, budgets = self.pool.requests()
@@ -148,19 +186,20 @@ class Trainer:
             carried[owner] += slot.start_step < step
         return {f"rollout/carried_worker{i}": n for i, n in enumerate(carried)}
 
-    def _reward(self, active: list[Slot]) -> tuple[torch.Tensor, ScoredBatch]:
-        """Scores ``Tensor[B]``: the outcome reward of finished slots, 0 for unfinished ones."""
+    def _reward(self, active: list[Slot]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Scores ``Tensor[B]``: the outcome reward of finished slots, 0 for unfinished ones; and
+        how many rewards raised and timed out (both scored 0)."""
         finished = [i for i, slot in enumerate(active) if slot.finished]
         decode = self.vocabulary.tokenizer.decode
         texts = [str(decode(active[i].response_ids, skip_special_tokens=True)) for i in finished]
-        result = self.scorer.score(texts, [active[i].prompt.ground_truth for i in finished])
+        result = self.scorer(texts, [active[i].prompt.ground_truth for i in finished])
         scores = torch.zeros(len(active), dtype=torch.float32)
         truncated_reward = self.config.algorithm.truncated_reward
         for i, score in zip(finished, result.scores, strict=True):
             if truncated_reward is not None and active[i].finish == "max_length":
                 score = truncated_reward
             scores[i] = score
-        return scores.to(self.device), result
+        return scores.to(self.device), (result.errors, result.timeouts)
 
     def _estimate(self, batch: RolloutBatch, scores: torch.Tensor, step: int) -> None:
         """EGAE advantages (over each response's history; only this window's are trained),
@@ -315,7 +354,7 @@ class Trainer:
             return evaluate(
                 self.engine,
                 self.vocabulary.tokenizer,
-                self.scorer.score,
+                self.scorer,
                 self.eval_rows,
                 sampling=sampling,
                 max_response_length=e.max_response_length or r.max_response_length,
@@ -326,18 +365,27 @@ class Trainer:
             self.engine.set_rng_state(state)
 
     def train(self) -> list[dict[str, Any]]:
-        """Run to ``trainer.total_steps`` (or the wall-clock budget); log, evaluate, save."""
+        """Run to ``trainer.total_steps`` (or the wall-clock budget); log, evaluate, checkpoint.
+
+        Returns every metrics row of the run (a resumed run's earlier rows included). On SIGTERM
+        or SIGINT the step in progress is finished, a checkpoint written, and ``stop_signal`` set;
+        a second signal abandons the step (the previous checkpoint stays the newest).
+        """
         t = self.config.trainer
         self.output_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.output_dir / "config.yaml")
-        logger = MetricsLogger(self.output_dir, tensorboard=t.tensorboard)
-        history: list[dict[str, Any]] = []
-        bar = tqdm(total=t.total_steps, disable=not t.progress, desc="tppo", dynamic_ncols=True)
+        purge = self.step if self.resumed_from is not None else None
+        logger = MetricsLogger(self.output_dir, tensorboard=t.tensorboard, purge_step=purge)
+        history = read_metrics(logger.path) if logger.rows else []
+        bar = tqdm(
+            total=t.total_steps, initial=self.step, disable=not t.progress, desc="tppo", dynamic_ncols=True
+        )
         last_eval: float | None = None
+        handlers = self._catch_stop_signals()
         try:
-            if self._eval_due(final=False):
+            if self.step == 0 and logger.rows == 0 and self._eval_due(final=False):
                 last_eval = self._log_eval(logger, history)
-            while self.step < t.total_steps and not self._out_of_time():
+            while self.step < t.total_steps and not self._out_of_time() and self.stop_signal is None:
                 start = time.perf_counter()
                 metrics = self.train_step()
                 self.train_seconds += time.perf_counter() - start
@@ -347,8 +395,10 @@ class Trainer:
                     last_eval = self._log_eval(logger, history, into=metrics)
                 logger.log(metrics)
                 history.append(metrics)
-                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
-                    self.save(self.output_dir / "checkpoints" / f"step_{self.step}")
+                crash_point("logged", self.step - 1)
+                self._check_bad_updates(metrics)
+                if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.stop_signal:
+                    self.save_checkpoint(logger)
                 bar.total = expected_total_steps(
                     self.step,
                     total_steps=t.total_steps,
@@ -357,12 +407,54 @@ class Trainer:
                 )
                 bar.update(1)
                 bar.set_postfix(_headline(metrics, last_eval))
+            if self.stop_signal is None:
+                self.save_checkpoint(logger)
         finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
             bar.close()
             logger.close()
             self.scorer.close()
-        self.save(self.output_dir / "final")
+        if self.stop_signal is not None:
+            name = signal.Signals(self.stop_signal).name
+            log.warning("stopped by %s after step %d; resume with the same command", name, self.step)
+        else:
+            self.save(self.output_dir / "final")
         return history
+
+    def _catch_stop_signals(self) -> dict[int, Any]:
+        """SIGTERM/SIGINT -> :meth:`_on_stop_signal`; returns the previous handlers (none outside
+        the main thread, where Python cannot install them)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        return {s: signal.signal(s, self._on_stop_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.stop_signal is not None:
+            log.warning("%s again: abandoning step %d without a checkpoint", name, self.step)
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        log.warning("%s: finishing step %d, then writing a checkpoint and stopping", name, self.step)
+
+    def _check_bad_updates(self, metrics: dict[str, Any]) -> None:
+        """Count steps in which all of a model's updates were skipped as non-finite; raise
+        :class:`TrainingError` at ``trainer.max_consecutive_bad_updates`` in a row."""
+        limit = self.config.trainer.max_consecutive_bad_updates
+        for model in ("actor", "critic"):
+            updates = metrics.get(f"{model}/updates", 0.0)
+            skipped = metrics.get(f"{model}/skipped_updates", 0.0)
+            if updates and skipped == updates:
+                self.bad_steps[model] += 1
+            elif updates:
+                self.bad_steps[model] = 0
+            if self.bad_steps[model] >= limit:
+                last = latest_checkpoint(self.checkpoint_dir)
+                raise TrainingError(
+                    f"{model}: every update of the last {self.bad_steps[model]} steps had a non-finite "
+                    f"loss or gradient and was skipped (trainer.max_consecutive_bad_updates={limit}); "
+                    f"stopped at step {self.step}. Last good checkpoint: {last or 'none'}"
+                )
 
     def _eval_due(self, *, final: bool) -> bool:
         every = self.config.trainer.eval_every
@@ -393,10 +485,21 @@ class Trainer:
         """Policy (with tokenizer) and value model in Hugging Face format (safetensors)."""
         self.learner.save(directory)
 
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, logger: MetricsLogger) -> Path | None:
+        """Write ``checkpoints/step_N`` (see :mod:`tppo.resume`); a failed write is logged and
+        returns ``None`` (training goes on, the previous checkpoint still the newest)."""
+        return save_trainer_checkpoint(self, logger)
+
+    def resume(self, checkpoint: Path | None) -> None:
+        """Continue from ``checkpoint`` (``None``: run again from step 0 in this directory)."""
+        resume_trainer(self, checkpoint)
+
     def close(self) -> None:
-        """Release the roles (remote workers, engine processes)."""
+        """Release the roles (remote workers, engine processes, the reward worker)."""
         self.engine.close()
         self.learner.close()
+        self.scorer.close()
 
 
 def _record_bootstraps(active: list[Slot], batch: RolloutBatch) -> None:

@@ -70,8 +70,9 @@ def run_update(
 ) -> dict[str, float]:
     """Train ``model`` on the rows of ``batch`` that have tokens in ``batch.per_token[mask_key]``.
 
-    Returns the mean of each statistic over minibatches, plus ``grad_norm`` and ``updates`` (the
-    same on every rank: statistics are summed over ranks).
+    Returns the mean of each statistic over minibatches, plus ``grad_norm``, ``updates`` (optimizer
+    steps attempted) and ``skipped_updates`` (of those, skipped: a non-finite loss or gradient); the
+    same on every rank: statistics are summed over ranks.
     """
     mask = batch.per_token[mask_key]
     rows = torch.nonzero(mask.any(dim=1)).flatten()
@@ -89,6 +90,7 @@ def run_update(
                 scheduler.step()
     out = {key: sum(values) / len(values) for key, values in totals.items()}
     out["updates"] = float(len(totals["grad_norm"]))
+    out["skipped_updates"] = float(sum(totals["skipped_nonfinite"]))
     return out
 
 
@@ -105,6 +107,7 @@ def _minibatch_step(
     token_count = float(batch.per_token[mask_key][rows].sum())  # the whole minibatch's, all ranks
     optimizer.zero_grad(set_to_none=True)
     weighted: dict[str, float] = defaultdict(float)
+    nonfinite_loss = False
     packs, padding = shard_packs(
         rows,
         batch.lengths,
@@ -115,6 +118,7 @@ def _minibatch_step(
     for micro_rows in packs:
         sub = batch.select(micro_rows)
         loss, stats = loss_fn(model, sub, token_count)
+        nonfinite_loss = nonfinite_loss or not bool(torch.isfinite(loss.detach()).all())
         loss.backward()
         share = float(sub.per_token[mask_key].sum()) / token_count
         for key, value in stats.items():
@@ -124,13 +128,16 @@ def _minibatch_step(
         (loss * 0.0).backward()
         for key in stats:
             weighted[key] += 0.0
-    if shard.world_size > 1:
+    weighted["nonfinite_loss"] = float(nonfinite_loss)
+    if shard.world_size > 1:  # (every rank then takes the same decision below)
         weighted = _sum_over_ranks(weighted, device=batch.input_ids.device)
     grad_norm = clip_gradients(model, schedule.max_grad_norm)
-    if math.isfinite(grad_norm):
+    ok = weighted.pop("nonfinite_loss") == 0 and math.isfinite(grad_norm)
+    if ok:  # a non-finite loss or gradient would poison the weights (and Adam's moments): skip
         optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     weighted["grad_norm"] = grad_norm
-    weighted["skipped_nonfinite"] = float(not math.isfinite(grad_norm))
+    weighted["skipped_nonfinite"] = float(not ok)
     return dict(weighted)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -266,7 +266,7 @@ class RayLearnerGroup:
     def policy_weights(self) -> list[tuple[str, torch.Tensor]]:
         return list(self._all("policy_weights")[0])
 
-    def gradients(self, role: str) -> dict[str, torch.Tensor]:
+    def gradients(self, role: Literal["policy", "value"]) -> dict[str, torch.Tensor]:
         return dict(self._all("gradients", role)[0])
 
     def save(self, directory: Path) -> None:

@@ -1,6 +1,7 @@
 """Rollout engines: continue token prefixes by a bounded number of tokens (see :mod:`.base`).
 
-Importing this package registers the built-in engines (``"hf"``).
+Importing this package registers the built-in engines (``"hf"``, ``"vllm"``; vLLM itself is
+imported only when a vLLM engine is built).
 """
 
 from tppo.engines.base import (
@@ -13,6 +14,7 @@ from tppo.engines.base import (
     register_engine,
 )
 from tppo.engines.hf import HFEngine  # registers "hf"
+from tppo.engines.vllm import VLLMEngine  # registers "vllm"
 
 __all__ = [
     "ENGINES",
@@ -21,6 +23,7 @@ __all__ = [
     "EngineStats",
     "HFEngine",
     "SamplingParams",
+    "VLLMEngine",
     "get_engine_factory",
     "register_engine",
 ]

@@ -14,11 +14,17 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import torch
 
 from tppo.registry import Registry
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from tppo.config import TPPOConfig
+    from tppo.models import Vocabulary
 
 FinishReason = Literal["stop", "length"]
 """``stop``: the row emitted an end-of-sequence token (kept as its last token);
@@ -91,6 +97,26 @@ class Engine(abc.ABC):
     def __init__(self) -> None:
         self.stats = EngineStats()
 
+    @classmethod
+    def from_config(
+        cls, config: TPPOConfig, policy: PreTrainedModel, vocabulary: Vocabulary, *, seed: int
+    ) -> Engine:
+        """The engine the trainer uses, generating with ``policy``'s current weights.
+
+        The default suits engines that sample from the in-process policy model itself:
+        ``cls(policy, eos_token_ids=..., pad_token_id=..., seed=seed,
+        max_batch_size=rollout.max_batch_size)``. Engines that hold their own copy of the weights
+        override it (and sync ``policy`` into that copy before returning).
+        """
+        factory: Any = cls
+        return factory(
+            policy,
+            eos_token_ids=vocabulary.eos_token_ids,
+            pad_token_id=vocabulary.pad_token_id,
+            seed=seed,
+            max_batch_size=config.rollout.max_batch_size,
+        )
+
     @abc.abstractmethod
     def generate(
         self,
@@ -133,7 +159,7 @@ class Engine(abc.ABC):
 
 EngineT = TypeVar("EngineT", bound="Engine")
 
-ENGINES: Registry[Callable[..., Engine]] = Registry("rollout engine")
+ENGINES: Registry[type[Engine]] = Registry("rollout engine")
 """Engines by name; ``rollout.engine`` in the config picks one."""
 
 
@@ -142,5 +168,6 @@ def register_engine(name: str) -> Callable[[type[EngineT]], type[EngineT]]:
     return ENGINES.register(name)
 
 
-def get_engine_factory(name: str) -> Callable[..., Engine]:
+def get_engine_factory(name: str) -> type[Engine]:
+    """The engine class registered as ``name`` (build it with ``.from_config(config, models)``)."""
     return ENGINES.get(name)
