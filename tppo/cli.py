@@ -1,4 +1,4 @@
-"""``tppo`` command line: train, sft, bench, bench-engines, plot."""
+"""``tppo`` command line: train, eval, sft, bench, bench-engines, plot."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tppo.config import ConfigError, load_config
+from tppo.eval_cli import add_arguments as eval_cli_arguments
+from tppo.sources import DataError
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -80,6 +82,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from tppo import eval_cli
+
+    summary = eval_cli.run(args)
+    k = summary["k"]
+    print(
+        f"avg@{k} {summary['avg_at_k']:.4f}  pass@{k} {summary['pass_at_k']:.4f}  "
+        f"on {summary['problems']} problems; {summary['samples_per_s']:.2f} samples/s; "
+        f"results in {args.output_dir}"
+    )
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from tppo.bench import BenchSpec, run_bench
 
@@ -135,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. rollout.window_length=64")
     train.set_defaults(func=_train)
 
+    evaluate = sub.add_parser(
+        "eval", help="avg@k and pass@k of a model on a data file (the paper's protocol)"
+    )
+    eval_cli_arguments(evaluate)
+    evaluate.set_defaults(func=_eval)
+
     # Listed for `tppo --help`; `main` hands `tppo sft ...` to tppo.sft's own parser.
     sub.add_parser("sft", help="supervised warm-up of the demo base model (tppo sft --help)")
 
@@ -182,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as error:
         print(f"tppo: config error: {error}", file=sys.stderr)
+        return 2
+    except DataError as error:
+        print(f"tppo: data error: {error}", file=sys.stderr)
         return 2
 
 

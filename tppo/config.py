@@ -52,13 +52,31 @@ class DataConfig:
         task: a built-in synthetic task (``lcg``, ``collatz``): prompts, answers and the reward.
         train_size: training prompts drawn from the task (seeded by ``trainer.seed``). One
             prompt in five of the task's prompt space (by a stable hash) is held out: training
-            draws never take it, evaluation draws only take those.
-        eval_size: held-out prompts used for ``eval/accuracy``.
+            draws never take it, evaluation draws only take those. Unused with ``train_files``.
+        eval_size: held-out prompts used for ``eval/accuracy`` (with ``eval_file``: its first
+            this-many rows; 0: no evaluation).
         eval_seed: seed of the held-out draws.
         shuffle: shuffle the prompt order every epoch.
         max_prompt_length: the longest prompt (in tokens) the run takes.
         overlong_prompts: what a longer prompt is: ``error`` (naming it) or ``skip`` (left out,
             counted in the log and as ``data/skipped_prompts``).
+        train_files: training prompts from data files instead of ``task``: local ``.jsonl`` /
+            ``.parquet`` files or Hugging Face data sets ``NAME[:CONFIG][@SPLIT]`` (needs the
+            ``datasets`` package), read in order and concatenated. Rows are mapped by field (see
+            :mod:`tppo.sources`): ``problem`` / ``question`` / ``prompt`` (a string or verl's chat
+            message list) and ``answer`` / ``ground_truth`` / ``reward_model.ground_truth``
+            (GSM8K's ``#### N`` gives ``N``). Empty: use ``task``.
+        eval_file: held-out problems (same formats) for evaluation during training; its first
+            ``eval_size`` rows are used. ``None`` with ``train_files``: no evaluation.
+        prompt_key: the row field holding the prompt (dotted for nested), ``None``: the first of
+            ``problem``, ``question``, ``prompt`` present.
+        answer_key: the row field holding the ground truth, ``None``: the first of
+            ``reward_model.ground_truth``, ``ground_truth``, ``answer`` present.
+        prompt_template: how a problem becomes the prompt text: ``dapo_math`` (the DAPO/T-PPO
+            instruction to end with an ``Answer:`` line), ``none`` (the problem as it is), or a
+            string containing ``{problem}``. Applies to data files only.
+        chat_template: wrap the prompt as a user message with the tokenizer's chat template
+            (``apply_chat_template``, generation prompt added); ``None``: when it has one.
     """
 
     task: str = "lcg"
@@ -67,6 +85,12 @@ class DataConfig:
     eval_seed: int = 10_000
     shuffle: bool = True
     max_prompt_length: int = 64
+    train_files: list[str] = field(default_factory=list)
+    eval_file: str | None = None
+    prompt_key: str | None = None
+    answer_key: str | None = None
+    prompt_template: str = "dapo_math"
+    chat_template: bool | None = None
     overlong_prompts: Literal["error", "skip"] = "error"
 
 
@@ -297,12 +321,35 @@ class EvalConfig:
     Attributes:
         temperature: sampling temperature of evaluation (``None``: the rollout's).
         top_p: nucleus threshold of evaluation (``None``: the rollout's).
-        samples_per_prompt: samples per held-out prompt (accuracy is their mean).
+        samples_per_prompt: k, samples per held-out prompt: ``eval/avg_at_k`` (the paper's
+            metric; also logged as ``eval/accuracy``) is the mean score over them, ``eval/pass_at_k``
+            the share of prompts with at least one correct sample.
+        max_response_length: evaluation responses stop here (``None``: ``rollout.max_response_length``).
     """
 
     temperature: float | None = None
     top_p: float | None = None
     samples_per_prompt: int = 1
+    max_response_length: int | None = None
+
+
+@dataclass
+class RewardConfig:
+    """The outcome reward (paper eq. 7): ``(response text, ground truth) -> float``.
+
+    Attributes:
+        name: a registered reward (``math``: the final answer, from the last ``Answer:`` line or
+            else the last ``\\boxed{}``, checked with math-verify), ``task:<name>`` (a built-in
+            task's verifier) or ``module:function``. ``None``: the task's verifier with
+            ``data.task``, ``math`` with ``data.train_files``.
+        num_workers: worker processes that verify a named reward (``math``, ``module:function``)
+            in parallel when ``trainer.reward_timeout_s`` is set: a response whose verification
+            runs past it scores 0 (``reward/timeouts``) and its worker is killed and replaced.
+            Built-in task verifiers, and 0, use one worker process under the same limit.
+    """
+
+    name: str | None = None
+    num_workers: int = 2
 
 
 @dataclass
@@ -369,6 +416,7 @@ class TPPOConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> None:
@@ -410,6 +458,12 @@ class TPPOConfig:
         _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
         self._validate_distributed()
         _require(self.data.train_size > 0, "data.train_size", "must be > 0")
+        _require(self.reward.num_workers >= 0, "reward.num_workers", "must be >= 0")
+        _require(
+            self.eval.max_response_length is None or self.eval.max_response_length > 0,
+            "eval.max_response_length",
+            "must be > 0",
+        )
         _require(self.data.eval_size >= 0, "data.eval_size", "must be >= 0")
         _require(
             self.model.dtype in ("float32", "bfloat16", "float16"),
@@ -492,6 +546,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             hint_text = f" (did you mean {close[0]!r}?)" if close else ""
             raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{hint_text}")
         return value
+    if origin is list:
+        (arg,) = typing.get_args(hint)
+        items = value if isinstance(value, list | tuple) else [value]  # one value: a list of one
+        return [_coerce(arg, v, f"{key}[{i}]") for i, v in enumerate(items)]
     if origin is tuple:
         args = typing.get_args(hint)
         if not isinstance(value, list | tuple) or len(value) != len(args):

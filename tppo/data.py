@@ -1,15 +1,17 @@
-"""Prompt sources -> tokenised :class:`PromptRow` lists (training and held-out)."""
+"""Prompt sources (built-in tasks, data files) -> tokenised :class:`PromptRow` lists (train, held-out)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
 import random
+from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
 from tppo.config import DataConfig
 from tppo.rollout.prompts import PromptRow
+from tppo.sources import load_problems, problem_rows
 from tppo.tasks import Example, Task, get_task
 
 log = logging.getLogger(__name__)
@@ -97,3 +99,41 @@ def build_task_data(
         if held_out
         else [],
     )
+
+
+@dataclass(frozen=True)
+class PromptData:
+    """What the trainer reads: training rows, held-out rows, and the reward that fits them.
+
+    Attributes:
+        train: training prompt rows.
+        held_out: evaluation rows (may be empty).
+        default_reward: the reward used when ``reward.name`` is unset (``task:<name>`` or ``math``).
+    """
+
+    train: list[PromptRow]
+    held_out: list[PromptRow]
+    default_reward: str
+
+
+def build_data(config: DataConfig, tokenizer: PreTrainedTokenizerBase, *, seed: int) -> PromptData:
+    """Rows from ``data.train_files`` / ``data.eval_file`` when set, else from the built-in task."""
+    if not config.train_files:
+        task, train, held_out = build_task_data(config, tokenizer, seed=seed)
+        return PromptData(train, held_out, f"task:{task.name}")
+
+    def rows(source: str, limit: int | None = None) -> list[PromptRow]:
+        problems = load_problems(
+            source, prompt_key=config.prompt_key, answer_key=config.answer_key, limit=limit
+        )
+        return problem_rows(
+            problems,
+            tokenizer,
+            template=config.prompt_template,
+            chat=config.chat_template,
+            max_prompt_length=config.max_prompt_length,
+        )
+
+    train = [row for source in config.train_files for row in rows(source)]
+    held_out = rows(config.eval_file, config.eval_size) if config.eval_file and config.eval_size else []
+    return PromptData(train, held_out, "math")

@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from tppo.config import ModelConfig
+from tppo.pretrained import PRETRAINED
 from tppo.rollout.batch import RolloutBatch
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,12 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_model_path(name: str) -> str:
-    """A built-in name -> its folder; a local path must exist; anything else is a Hub name."""
+    """A built-in name (``tppo-demo``) or a pretrained alias (``smollm2-135m-instruct``, see
+    :mod:`tppo.pretrained`) -> its folder; a local path must exist; anything else is a Hub name."""
     if name in BUILTIN_MODELS:
         return str(BUILTIN_MODELS[name])
+    if name in PRETRAINED:
+        return str(PRETRAINED[name]())
     looks_local = name.startswith((".", "/", "~")) or Path(name).expanduser().exists()
     if looks_local and not Path(name).expanduser().exists():
         raise FileNotFoundError(f"model path {name!r} does not exist")

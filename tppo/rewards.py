@@ -7,16 +7,19 @@ never stops training; :class:`RewardScorer` also runs it in a worker process wit
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import multiprocessing
 import pickle
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tppo.registry import Registry
+from tppo.reward_pool import RewardPool
 from tppo.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,36 @@ def get_reward(name: str) -> RewardFn:
     raise KeyError(f"{REWARDS.unknown_message(name)}; or task:<name>, or module:function")
 
 
+@register_reward("math")
+def _math_reward_in_process() -> RewardFn:
+    """``math``: paper eq. 7 with math-verify (:func:`tppo.math_answer.math_answer_reward`)."""
+    from tppo.math_answer import math_answer_reward
+
+    return math_answer_reward
+
+
+_DEFAULT_POOL: RewardPool | None = None
+_DEFAULT_POOL_LOCK = threading.Lock()
+MATH_REWARD_TIMEOUT_S = 10.0
+"""The per-item limit of :func:`math_reward` (the trainer's is ``reward.timeout_s``)."""
+
+
+def math_reward(response: str, ground_truth: str) -> float:
+    """1.0 if the response's final answer equals ``ground_truth``, else 0.0 (paper eq. 7).
+
+    The answer is the text after the last ``Answer:`` (DAPO style), else the last ``\\boxed{...}``;
+    equality is symbolic, by math-verify (``0.5`` = ``\\frac12``, ``025`` = ``25``). Verification runs
+    in a shared pool of worker processes with a :data:`MATH_REWARD_TIMEOUT_S` limit per call (a
+    hanging response scores 0), so this is safe to call from any thread or process."""
+    global _DEFAULT_POOL
+    with _DEFAULT_POOL_LOCK:
+        if _DEFAULT_POOL is None:
+            _DEFAULT_POOL = RewardPool("math", num_workers=2, timeout_s=MATH_REWARD_TIMEOUT_S)
+            atexit.register(_DEFAULT_POOL.close)
+        pool = _DEFAULT_POOL
+    return pool.score(response, ground_truth).score
+
+
 @dataclass
 class ScoredBatch:
     scores: list[float]
@@ -69,6 +102,33 @@ def score_responses(
             scores.append(0.0)
             errors += 1
     return ScoredBatch(scores, errors)
+
+
+class PoolScorer:
+    """Scores batches with the reward ``name`` on a :class:`~tppo.reward_pool.RewardPool` of
+    ``num_workers`` processes, each response within ``timeout_s`` (a late one scores 0 and counts
+    as a timeout; its worker is replaced)."""
+
+    def __init__(self, name: str, *, num_workers: int, timeout_s: float) -> None:
+        self.name = name
+        self.pool = RewardPool(name, num_workers=num_workers, timeout_s=timeout_s)
+
+    def __call__(self, responses: Sequence[str], ground_truths: Sequence[str]) -> ScoredBatch:
+        batch = self.pool.score_batch(responses, ground_truths)
+        return ScoredBatch(batch.scores, batch.errors, batch.timeouts)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def build_scorer(name: str, *, num_workers: int, timeout_s: float | None) -> PoolScorer | RewardScorer:
+    """The trainer's scorer for reward ``name``: a pool of ``num_workers`` processes for named
+    verifiers (``math``, ``module:function``) under the time limit; one worker process
+    (:class:`RewardScorer`) for built-in task verifiers or ``num_workers=0``; this process when
+    ``timeout_s`` is ``None``."""
+    if timeout_s is None or num_workers == 0 or name.startswith("task:"):
+        return RewardScorer(get_reward(name), timeout_s=timeout_s)
+    return PoolScorer(name, num_workers=num_workers, timeout_s=timeout_s)
 
 
 STARTUP_TIMEOUT_S = 300.0

@@ -34,7 +34,7 @@ from tppo.algorithms import (
 )
 from tppo.checkpoint import latest_checkpoint
 from tppo.config import TPPOConfig, save_config
-from tppo.data import build_task_data
+from tppo.data import build_data
 from tppo.diagnostics import (
     bootstrap_errors,
     policy_versions,
@@ -49,7 +49,7 @@ from tppo.learner import Learner
 from tppo.metrics import MetricsLogger, PhaseTimer, read_metrics
 from tppo.models import Models, load_vocabulary
 from tppo.resume import resume_trainer, save_trainer_checkpoint
-from tppo.rewards import RewardScorer
+from tppo.rewards import build_scorer
 from tppo.roles import build_learner, build_rollout
 from tppo.rollout.batch import RolloutBatch, collate
 from tppo.rollout.prompts import PromptStream
@@ -83,14 +83,18 @@ class Trainer:
         self.vocabulary = models.vocabulary if models is not None else load_vocabulary(config.model)
         self.learner = build_learner(config, models)
         self.device = self.learner.device
-        self.task, train_rows, self.eval_rows = build_task_data(
-            config.data, self.vocabulary.tokenizer, seed=config.trainer.seed
+        data = build_data(config.data, self.vocabulary.tokenizer, seed=config.trainer.seed)
+        self.eval_rows = data.held_out
+        self.scorer = build_scorer(
+            config.reward.name or data.default_reward,
+            num_workers=config.reward.num_workers,
+            timeout_s=config.trainer.reward_timeout_s,
         )
-        self.reward_fn = self.task.reward
-        self.skipped_prompts = config.data.train_size - len(train_rows)  # data.overlong_prompts=skip
-        self.scorer = RewardScorer(self.reward_fn, timeout_s=config.trainer.reward_timeout_s)
+        self.skipped_prompts = (  # data.overlong_prompts=skip (built-in tasks)
+            0 if config.data.train_files else config.data.train_size - len(data.train)
+        )
         stream = PromptStream(
-            train_rows,
+            data.train,
             samples_per_prompt=config.rollout.samples_per_prompt,
             seed=config.trainer.seed,
             shuffle=config.data.shuffle,
@@ -350,10 +354,10 @@ class Trainer:
             return evaluate(
                 self.engine,
                 self.vocabulary.tokenizer,
-                self.reward_fn,
+                self.scorer,
                 self.eval_rows,
                 sampling=sampling,
-                max_response_length=r.max_response_length,
+                max_response_length=e.max_response_length or r.max_response_length,
                 samples_per_prompt=e.samples_per_prompt,
             )
         finally:
