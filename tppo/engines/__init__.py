@@ -10,6 +10,7 @@ from tppo.engines.base import (
     Engine,
     EngineStats,
     SamplingParams,
+    SeededEngine,
     get_engine_factory,
     register_engine,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "EngineStats",
     "HFEngine",
     "SamplingParams",
+    "SeededEngine",
     "VLLMEngine",
     "get_engine_factory",
     "register_engine",

@@ -157,6 +157,22 @@ class Engine(abc.ABC):
         return stats
 
 
+class SeededEngine(Engine):
+    """An engine that samples from one ``torch.Generator``, ``self.generator``: its state is the
+    engine's RNG state (checkpoints save and restore it; evaluation reseeds it)."""
+
+    generator: torch.Generator
+
+    def get_rng_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: Any) -> None:
+        self.generator.set_state(state)
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+
 EngineT = TypeVar("EngineT", bound="Engine")
 
 ENGINES: Registry[type[Engine]] = Registry("rollout engine")

@@ -27,7 +27,7 @@ from torch import nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer, LinearAttentionCacheLayerMixin
 
-from tppo.engines.base import Completion, Engine, FinishReason, SamplingParams, register_engine
+from tppo.engines.base import Completion, FinishReason, SamplingParams, SeededEngine, register_engine
 from tppo.engines.sampling import sample_tokens
 
 
@@ -45,7 +45,7 @@ class _Row:
 
 
 @register_engine("hf")
-class HFEngine(Engine):
+class HFEngine(SeededEngine):
     """Generate with a Hugging Face decoder-only model held in this process.
 
     Args:
@@ -136,15 +136,6 @@ class HFEngine(Engine):
                         f"the model expects {tuple(target.shape)}"
                     )
                 target.copy_(tensor)
-
-    def get_rng_state(self) -> torch.Tensor:
-        return self.generator.get_state()
-
-    def set_rng_state(self, state: Any) -> None:
-        self.generator.set_state(state)
-
-    def reseed(self, seed: int) -> None:
-        self.generator.manual_seed(seed)
 
     # ------------------------------------------------------------------ internals
 

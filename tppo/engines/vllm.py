@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import PreTrainedModel
 
-from tppo.engines.base import Completion, Engine, FinishReason, SamplingParams, register_engine
+from tppo.engines.base import Completion, FinishReason, SamplingParams, SeededEngine, register_engine
 
 if TYPE_CHECKING:
     from tppo.config import TPPOConfig, VLLMConfig
@@ -83,7 +83,7 @@ def import_vllm() -> Any:
 
 
 @register_engine("vllm")
-class VLLMEngine(Engine):
+class VLLMEngine(SeededEngine):
     """Generate with a vLLM ``LLM`` whose weights are replaced in place by :meth:`update_weights`.
 
     Args:
@@ -210,15 +210,6 @@ class VLLMEngine(Engine):
         self.llm.collective_rpc("tppo_reload_weights", args=(weights,))
         self.llm.reset_prefix_cache()
         self.stats.extra["sync_s"] = self.stats.extra.get("sync_s", 0.0) + (time.perf_counter() - started)
-
-    def get_rng_state(self) -> torch.Tensor:
-        return self.generator.get_state()
-
-    def set_rng_state(self, state: Any) -> None:
-        self.generator.set_state(state)
-
-    def reseed(self, seed: int) -> None:
-        self.generator.manual_seed(seed)
 
     def close(self) -> None:
         """Shut the LLM down (its worker processes, if any) and remove the config folder."""
