@@ -38,6 +38,23 @@ TINY_QWEN2_DEFAULTS: dict[str, Any] = {
 }
 
 
+SMALL_RUN = [
+    "rollout.num_slots=12",
+    "rollout.window_length=8",
+    "rollout.max_response_length=48",
+    "rollout.samples_per_prompt=1",
+    "data.train_size=64",
+    "data.eval_size=8",
+    "trainer.eval_every=0",
+    "trainer.progress=false",
+    "trainer.tensorboard=false",
+    "optim.actor_lr=1e-3",
+    "optim.critic_lr=1e-3",
+]
+"""Overrides of a tiny demo-task run (K = 12, l = 8, L = 48) shared by the trainer-level tests;
+later overrides in a list win, so a test appends what it changes."""
+
+
 def make_tiny_qwen2(vocab_size: int = 48, seed: int = 0, **overrides: Any) -> Qwen2ForCausalLM:
     """A seeded, float32, eval-mode random ``Qwen2ForCausalLM`` (defaults: :data:`TINY_QWEN2_DEFAULTS`).
 

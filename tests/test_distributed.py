@@ -12,6 +12,7 @@ import os
 
 import pytest
 import torch
+from conftest import SMALL_RUN
 from torch.testing import assert_close
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
@@ -29,18 +30,8 @@ from tppo.trainer import Trainer  # noqa: E402
 pytestmark = pytest.mark.slow
 
 SMALL = [
-    "rollout.num_slots=12",
-    "rollout.window_length=8",
-    "rollout.max_response_length=48",
-    "rollout.samples_per_prompt=1",
-    "data.train_size=64",
-    "data.eval_size=8",
-    "trainer.eval_every=0",
-    "trainer.progress=false",
-    "trainer.tensorboard=false",
+    *SMALL_RUN,
     "trainer.num_threads=1",
-    "optim.actor_lr=1e-3",
-    "optim.critic_lr=1e-3",
     "distributed.rollout.num_cpus=1",
     "distributed.train.num_cpus=1",
 ]

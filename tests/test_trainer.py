@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import SMALL_RUN
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from tppo.config import load_config
@@ -16,19 +17,7 @@ from tppo.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 
-SMALL = [
-    "rollout.num_slots=12",
-    "rollout.window_length=8",
-    "rollout.max_response_length=48",
-    "rollout.samples_per_prompt=1",
-    "data.train_size=64",
-    "data.eval_size=8",
-    "trainer.eval_every=0",
-    "trainer.progress=false",
-    "trainer.tensorboard=false",
-    "optim.actor_lr=1e-3",
-    "optim.critic_lr=1e-3",
-]
+SMALL = SMALL_RUN
 
 
 def params(model):

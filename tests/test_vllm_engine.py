@@ -15,6 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does: idle Ope
 
 import pytest
 import torch
+from conftest import SMALL_RUN
 
 from tppo.config import ConfigError, load_config
 from tppo.engines import ENGINES, HFEngine, SamplingParams, VLLMEngine
@@ -22,19 +23,10 @@ from tppo.engines.vllm import pack_tensor, unpack_tensor
 from tppo.trainer import Trainer
 
 SMALL = [
+    *SMALL_RUN,
     "rollout.engine=vllm",
-    "rollout.num_slots=12",
-    "rollout.window_length=8",
     "rollout.max_response_length=16",
-    "rollout.samples_per_prompt=1",
     "rollout.vllm.kv_cache_memory_gib=0.0625",
-    "data.train_size=64",
-    "data.eval_size=8",
-    "trainer.eval_every=0",
-    "trainer.progress=false",
-    "trainer.tensorboard=false",
-    "optim.actor_lr=1e-3",
-    "optim.critic_lr=1e-3",
 ]
 GREEDY = SamplingParams(temperature=0.0)
 

@@ -135,6 +135,16 @@ def _lookup(row: dict[str, Any], dotted: str) -> Any:
     return node
 
 
+def _required(row: dict[str, Any], keys: Sequence[str], what: str, where: str) -> tuple[str, Any]:
+    """The first of ``keys`` present in ``row``; else a :class:`DataError` naming them and the row's keys."""
+    found = _first(row, keys)
+    if found is None:
+        raise DataError(
+            f"{where}: missing field {' or '.join(map(repr, keys))} ({what}); row has {sorted(row)}"
+        )
+    return found
+
+
 def _first(row: dict[str, Any], keys: Sequence[str]) -> tuple[str, Any] | None:
     for key in keys:
         value = _lookup(row, key)
@@ -157,23 +167,9 @@ def map_row(
     answer_key: str | None = None,
 ) -> Problem:
     """A row -> :class:`Problem`; ``where`` (``file: row N``) prefixes every error."""
-    prompt_keys = (prompt_key,) if prompt_key else PROMPT_KEYS
-    found = _first(row, prompt_keys)
-    if found is None:
-        raise DataError(
-            f"{where}: missing field {' or '.join(map(repr, prompt_keys))} (the prompt); "
-            f"row has {sorted(row)}"
-        )
-    key, value = found
+    key, value = _required(row, (prompt_key,) if prompt_key else PROMPT_KEYS, "the prompt", where)
     messages = _as_messages(value, f"{where}: field {key!r}")
-    answer_keys = (answer_key,) if answer_key else ANSWER_KEYS
-    found = _first(row, answer_keys)
-    if found is None:
-        raise DataError(
-            f"{where}: missing field {' or '.join(map(repr, answer_keys))} (the ground truth); "
-            f"row has {sorted(row)}"
-        )
-    key, value = found
+    key, value = _required(row, (answer_key,) if answer_key else ANSWER_KEYS, "the ground truth", where)
     if not isinstance(value, str | int | float) or isinstance(value, bool):
         raise DataError(f"{where}: field {key!r} must be a string or a number, got {type(value).__name__}")
     truth = gsm8k_target(str(value))

@@ -179,6 +179,18 @@ ENGINES: Registry[type[Engine]] = Registry("rollout engine")
 """Engines by name; ``rollout.engine`` in the config picks one."""
 
 
+def check_requests(prefixes: Sequence[Sequence[int]], max_new_tokens: Sequence[int]) -> None:
+    """The :meth:`Engine.generate` contract on its inputs: ``ValueError`` on mismatched lengths,
+    negative budgets or an empty prefix to continue."""
+    if len(prefixes) != len(max_new_tokens):
+        raise ValueError(f"{len(prefixes)} prefixes but {len(max_new_tokens)} budgets")
+    for i, (prefix, budget) in enumerate(zip(prefixes, max_new_tokens, strict=True)):
+        if budget < 0:
+            raise ValueError(f"max_new_tokens[{i}] = {budget} < 0")
+        if budget > 0 and len(prefix) == 0:
+            raise ValueError(f"prefix {i} is empty: there is nothing to condition the first token on")
+
+
 def register_engine(name: str) -> Callable[[type[EngineT]], type[EngineT]]:
     """Class decorator: make an engine selectable as ``rollout.engine: <name>``."""
     return ENGINES.register(name)

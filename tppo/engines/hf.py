@@ -27,7 +27,14 @@ from torch import nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer, LinearAttentionCacheLayerMixin
 
-from tppo.engines.base import Completion, FinishReason, SamplingParams, SeededEngine, register_engine
+from tppo.engines.base import (
+    Completion,
+    FinishReason,
+    SamplingParams,
+    SeededEngine,
+    check_requests,
+    register_engine,
+)
 from tppo.engines.sampling import sample_tokens
 
 
@@ -98,7 +105,7 @@ class HFEngine(SeededEngine):
         sampling: SamplingParams,
     ) -> list[Completion]:
         """Continue ``prefixes[i]`` by at most ``max_new_tokens[i]`` tokens (see :class:`Engine`)."""
-        _check_inputs(prefixes, max_new_tokens)
+        check_requests(prefixes, max_new_tokens)
         rows = [_Row(budget=int(n)) for n in max_new_tokens]
         todo = sorted((i for i, n in enumerate(max_new_tokens) if n > 0), key=lambda i: len(prefixes[i]))
         chunk = self.max_batch_size or max(len(todo), 1)
@@ -250,17 +257,6 @@ class HFEngine(SeededEngine):
         )
         new_cache = out.past_key_values if out.past_key_values is not None else cache
         return out.logits[:, -1, :], new_cache
-
-
-def _check_inputs(prefixes: Sequence[Sequence[int]], max_new_tokens: Sequence[int]) -> None:
-    """Raise ``ValueError`` on mismatched lengths, negative budgets or an empty prefix to continue."""
-    if len(prefixes) != len(max_new_tokens):
-        raise ValueError(f"{len(prefixes)} prefixes but {len(max_new_tokens)} budgets")
-    for i, (prefix, budget) in enumerate(zip(prefixes, max_new_tokens, strict=True)):
-        if budget < 0:
-            raise ValueError(f"max_new_tokens[{i}] = {budget} < 0")
-        if budget > 0 and len(prefix) == 0:
-            raise ValueError(f"prefix {i} is empty: there is nothing to condition the first token on")
 
 
 def _left_pad(

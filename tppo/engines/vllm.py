@@ -51,7 +51,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import PreTrainedModel
 
-from tppo.engines.base import Completion, FinishReason, SamplingParams, SeededEngine, register_engine
+from tppo.engines.base import (
+    Completion,
+    FinishReason,
+    SamplingParams,
+    SeededEngine,
+    check_requests,
+    register_engine,
+)
 
 if TYPE_CHECKING:
     from tppo.config import TPPOConfig, VLLMConfig
@@ -225,18 +232,13 @@ class VLLMEngine(SeededEngine):
     # ------------------------------------------------------------------ internals
 
     def _check_inputs(self, prefixes: Sequence[Sequence[int]], max_new_tokens: Sequence[int]) -> None:
-        """``ValueError`` on mismatched lengths, negative budgets, empty prefixes, rows over max_model_len.
+        """:func:`check_requests`, then ``ValueError`` on rows over ``max_model_len``.
 
         vLLM would otherwise stop a row at ``max_model_len`` with ``finish_reason="length"`` before its
         budget is spent, which the slot pool would take for a spent budget.
         """
-        if len(prefixes) != len(max_new_tokens):
-            raise ValueError(f"{len(prefixes)} prefixes but {len(max_new_tokens)} budgets")
+        check_requests(prefixes, max_new_tokens)
         for i, (prefix, budget) in enumerate(zip(prefixes, max_new_tokens, strict=True)):
-            if budget < 0:
-                raise ValueError(f"max_new_tokens[{i}] = {budget} < 0")
-            if budget > 0 and len(prefix) == 0:
-                raise ValueError(f"prefix {i} is empty: there is nothing to condition the first token on")
             if budget > 0 and len(prefix) + budget > self.max_model_len:
                 raise ValueError(
                     f"prefix {i} ({len(prefix)} tokens) + budget {budget} exceeds vLLM's max_model_len "
