@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import shlex
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -12,6 +16,7 @@ from tppo.sft import (
     IGNORE_INDEX,
     SFTConfig,
     build_parser,
+    config_from_args,
     config_to_argv,
     evaluate_accuracy,
     learning_rate,
@@ -155,7 +160,56 @@ def test_length_bucket() -> None:
 def test_cli_flags_round_trip() -> None:
     config = SFTConfig(max_steps=None, max_seconds=12.5, lr=1e-3, eval_greedy=False, seed=9)
     args = build_parser().parse_args([*config_to_argv(config), "--output-dir", "x"])
-    assert SFTConfig(**{k: getattr(args, k) for k in vars(config)}) == config
+    assert config_from_args(args) == config
+
+
+def test_the_committed_reproduce_command_still_parses() -> None:
+    base = Path(__file__).resolve().parents[1] / "tppo" / "assets" / "demo_base"
+    metrics = json.loads((base / "sft_metrics.json").read_text())
+    argv = shlex.split(metrics["reproduce"])[2:]  # after "tppo sft"
+    config = config_from_args(build_parser().parse_args(argv))
+    assert dataclasses.asdict(config) == {**metrics["config"], "num_threads": 1}
+    assert config == SFTConfig(num_threads=1)  # the committed base is the defaults' recipe
+
+
+def test_yaml_flags_and_overrides_share_the_training_loader(tmp_path: Path) -> None:
+    path = tmp_path / "sft.yaml"
+    path.write_text("lr: 1e-3\nmax_steps: 300\nhidden_size: 64\n")
+    args = build_parser().parse_args(
+        ["--output-dir", "x", "--config", str(path), "--max-steps", "200", "eval_greedy=false", "seed=5"]
+    )
+    config = config_from_args(args)
+    assert (config.lr, config.max_steps, config.hidden_size) == (1e-3, 200, 64)  # flag beats file
+    assert (config.eval_greedy, config.seed) == (False, 5)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--lr", "-1"], r"^tppo sft: config error: lr: must be > 0, got -1\.0$"),
+        (["--max-steps", "none", "--max-seconds", "none"], r"^tppo sft: config error: max_steps: set max_steps"),
+        (["--task", "lgc"], r"^tppo sft: config error: task: unknown task 'lgc' \(did you mean 'lcg'\?\)"),
+        (["--num-heads", "3"], r"^tppo sft: config error: num_heads: must divide hidden_size \(128\), got 3$"),
+        (["--tokens-per-batch", "many"], r"^tppo sft: config error: tokens_per_batch: expected int, got 'many'"),
+        (["learning_rate=1"], r"unknown config key 'learning_rate'"),
+        (["--config", "nope.yaml"], r"config file 'nope.yaml' does not exist"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_field(argv, message, tmp_path, capsys, monkeypatch) -> None:
+    import tppo.sft
+
+    def no_training(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise AssertionError("a bad setting must be refused before training starts")
+
+    monkeypatch.setattr(tppo.sft, "run_sft", no_training)
+    monkeypatch.chdir(tmp_path)
+    from tppo.cli import main as tppo_main
+
+    assert tppo_main(["sft", "--output-dir", str(tmp_path / "out"), *argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0]
+    assert re.search(message, lines[0]), lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_tiny_run_lowers_the_loss_and_writes_a_checkpoint(tmp_path: Path) -> None:

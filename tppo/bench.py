@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tppo.config import TPPOConfig, load_config
+from tppo.config import ConfigError, TPPOConfig, load_config
 from tppo.metrics import read_metrics
 
 PHASES = {  # metric key -> label, in the paper's Fig. 4 order
@@ -82,7 +82,7 @@ def methods(max_response_length: int, windows: Sequence[int]) -> list[Method]:
     chosen = sorted(set(windows)) or [max_response_length // d for d in (8, 4, 2)]
     for window in chosen:
         if not 0 < window < max_response_length:
-            raise ValueError(
+            raise ConfigError(
                 f"--windows: {window} must be in [1, {max_response_length - 1}] (L = {max_response_length})"
             )
     return [Method("ppo", max_response_length, True)] + [Method(f"tppo_l{w}", w, False) for w in chosen]

@@ -14,6 +14,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tppo.config import ConfigError, load_config
+from tppo.config_checks import check_inputs
+from tppo.config_loader import require
 from tppo.eval_cli import add_arguments as eval_cli_arguments
 from tppo.sources import DataError
 
@@ -21,6 +23,7 @@ from tppo.sources import DataError
 def _train(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir or Path("runs") / (Path(args.config).stem if args.config else "tppo"))
     if args.overwrite and output_dir.exists():
+        check_inputs(load_config(args.config, args.overrides))  # a bad config deletes nothing
         shutil.rmtree(output_dir)
     from tppo.checkpoint import latest_checkpoint, read_state
 
@@ -98,6 +101,10 @@ def _eval(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from tppo.bench import BenchSpec, run_bench
 
+    require(args.seeds >= 1, "--seeds", f"must be >= 1, got {args.seeds}")
+    require(args.budget_s is None or args.budget_s > 0, "--budget-s", f"must be > 0, got {args.budget_s}")
+    require(args.target is None or 0 <= args.target <= 1, "--target", f"must be in [0, 1], got {args.target}")
+    check_inputs(load_config(args.config, args.overrides, validate=False))  # each run sets its window
     spec = BenchSpec(
         config=args.config,
         overrides=args.overrides,
@@ -126,7 +133,9 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _bench_engines(args: argparse.Namespace) -> int:
+    require(args.repeats >= 1, "--repeats", f"must be >= 1, got {args.repeats}")
     config = load_config(args.config, args.overrides)
+    check_inputs(config)
     from tppo.bench_engines import run_benchmark
 
     run_benchmark(config, repeats=args.repeats, skip_hf=args.skip_hf)
@@ -194,12 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["sft"]:  # its own flags (--help included) belong to tppo.sft's parser
-        from tppo import sft
-
-        return sft.main(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv[:1] == ["sft"]:  # its own flags (--help included) belong to tppo.sft's parser
+            from tppo import sft
+
+            return sft.main(argv[1:])
+        args = build_parser().parse_args(argv)
         return int(args.func(args))
     except ConfigError as error:
         print(f"tppo: config error: {error}", file=sys.stderr)

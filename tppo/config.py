@@ -1,26 +1,65 @@
 """Configuration: documented dataclasses are the single home of every default.
 
-YAML files and ``key=value`` overrides only change fields. An unknown key, a wrong type or an
-impossible value is refused, with the key named, before any model or data set loads.
+YAML files and ``key=value`` overrides only change fields. An unknown key, a wrong type, an
+impossible value or an unknown name (estimator, engine, task, reward, template, device) is
+refused, with the key named, before any model or data set loads: types and ranges by the loader
+(:mod:`tppo.config_loader`, the constraints are in the field types below), names against their
+registries by :mod:`tppo.config_checks`, combinations by :meth:`TPPOConfig.validate`. Files the
+run reads (model folders, data files) are checked by :func:`tppo.config_checks.check_inputs`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Literal
 
+import annotated_types as at
 import yaml
 
+from tppo.config_loader import (
+    ConfigError,
+    NonEmptyStr,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    Seed,
+    UnitInterval,
+    UnitIntervalOpen,
+    from_dict,
+    load_structured,
+    merge,
+    parse_overrides,
+    require,
+    to_dict,
+)
 from tppo.schedules import LRSchedule
 
+__all__ = [
+    "AlgorithmConfig",
+    "ConfigError",
+    "DataConfig",
+    "DistributedConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "TPPOConfig",
+    "TrainerConfig",
+    "VLLMConfig",
+    "WorkerResources",
+    "from_dict",
+    "load_config",
+    "merge",
+    "parse_overrides",
+    "save_config",
+    "to_dict",
+]
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key."""
+Dtype = Literal["float32", "bfloat16", "float16"]
 
 
 @dataclass
@@ -37,10 +76,10 @@ class ModelConfig:
         device: ``cpu``, ``cuda``, ``cuda:1``, ... ; ``auto`` picks CUDA when available.
     """
 
-    policy_path: str = "tppo-demo"
-    value_path: str | None = None
-    tokenizer_path: str | None = None
-    dtype: str = "float32"
+    policy_path: NonEmptyStr = "tppo-demo"
+    value_path: NonEmptyStr | None = None
+    tokenizer_path: NonEmptyStr | None = None
+    dtype: Dtype = "float32"
     device: str = "auto"
 
 
@@ -79,16 +118,16 @@ class DataConfig:
             (``apply_chat_template``, generation prompt added); ``None``: when it has one.
     """
 
-    task: str = "lcg"
-    train_size: int = 20_000
-    eval_size: int = 256
-    eval_seed: int = 10_000
+    task: NonEmptyStr = "lcg"
+    train_size: PositiveInt = 20_000
+    eval_size: NonNegativeInt = 256
+    eval_seed: Seed = 10_000
     shuffle: bool = True
-    max_prompt_length: int = 64
-    train_files: list[str] = field(default_factory=list)
-    eval_file: str | None = None
-    prompt_key: str | None = None
-    answer_key: str | None = None
+    max_prompt_length: PositiveInt = 64
+    train_files: list[NonEmptyStr] = field(default_factory=list)
+    eval_file: NonEmptyStr | None = None
+    prompt_key: NonEmptyStr | None = None
+    answer_key: NonEmptyStr | None = None
     prompt_template: str = "dapo_math"
     chat_template: bool | None = None
     overlong_prompts: Literal["error", "skip"] = "error"
@@ -124,39 +163,15 @@ class VLLMConfig:
             serialising them; it is the faster choice for one GPU or the CPU.
     """
 
-    gpu_memory_utilization: float = 0.5
-    kv_cache_memory_gib: float | None = None
+    gpu_memory_utilization: Probability = 0.5
+    kv_cache_memory_gib: PositiveFloat | None = None
     enable_sleep_mode: bool = False
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: PositiveInt = 1
     enforce_eager: bool | None = None
-    dtype: str | None = None
-    max_model_len: int | None = None
+    dtype: Dtype | None = None
+    max_model_len: PositiveInt | None = None
     enable_prefix_caching: bool = True
     multiprocessing: bool = False
-
-    def validate(self, prefix: str = "rollout.vllm.") -> None:
-        """Refuse impossible values, naming the key."""
-        _require(
-            0 < self.gpu_memory_utilization <= 1,
-            prefix + "gpu_memory_utilization",
-            f"must be in (0, 1], got {self.gpu_memory_utilization}",
-        )
-        _require(
-            self.kv_cache_memory_gib is None or self.kv_cache_memory_gib > 0,
-            prefix + "kv_cache_memory_gib",
-            f"must be > 0 or null, got {self.kv_cache_memory_gib}",
-        )
-        _require(self.tensor_parallel_size >= 1, prefix + "tensor_parallel_size", "must be >= 1")
-        _require(
-            self.dtype in (None, "float32", "bfloat16", "float16"),
-            prefix + "dtype",
-            f"must be float32, bfloat16, float16 or null, got {self.dtype!r}",
-        )
-        _require(
-            self.max_model_len is None or self.max_model_len > 0,
-            prefix + "max_model_len",
-            f"must be > 0 or null, got {self.max_model_len}",
-        )
 
 
 @dataclass
@@ -179,15 +194,15 @@ class RolloutConfig:
         vllm: settings of the vLLM engine.
     """
 
-    engine: str = "hf"
-    num_slots: int = 64
-    window_length: int = 128
-    max_response_length: int = 512
-    samples_per_prompt: int = 4
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_batch_size: int | None = None
+    engine: NonEmptyStr = "hf"
+    num_slots: PositiveInt = 64
+    window_length: PositiveInt = 128
+    max_response_length: PositiveInt = 512
+    samples_per_prompt: PositiveInt = 4
+    temperature: PositiveFloat = 1.0
+    top_p: Probability = 1.0
+    top_k: NonNegativeInt = 0
+    max_batch_size: PositiveInt | None = None
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 
@@ -223,21 +238,21 @@ class AlgorithmConfig:
             boundary; ``None`` scores it as written (the task's verifier decides).
     """
 
-    advantage_estimator: str = "egae"
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    clip_eps_low: float = 0.2
-    clip_eps_high: float = 0.28
-    dual_clip: float | None = None
-    value_clip_low: float = 0.5
-    value_clip_high: float = 0.6
-    policy_skip_tail: int = 0
+    advantage_estimator: NonEmptyStr = "egae"
+    gamma: UnitInterval = 1.0
+    gae_lambda: UnitInterval = 0.95
+    clip_eps_low: UnitIntervalOpen = 0.2
+    clip_eps_high: NonNegativeFloat = 0.28
+    dual_clip: Annotated[float, at.Gt(1)] | None = None
+    value_clip_low: NonNegativeFloat = 0.5
+    value_clip_high: NonNegativeFloat = 0.6
+    policy_skip_tail: NonNegativeInt = 0
     whiten_advantages: bool = True
     whiten_shift_mean: bool = True
-    advantage_clip: float | None = None
-    ppo_epochs: int = 1
-    num_minibatches: int = 1
-    micro_batch_tokens: int | None = 16384
+    advantage_clip: PositiveFloat | None = None
+    ppo_epochs: PositiveInt = 1
+    num_minibatches: PositiveInt = 1
+    micro_batch_tokens: PositiveInt | None = 16384
     recompute_old_log_probs: bool = True
     truncated_reward: float | None = None
 
@@ -260,15 +275,15 @@ class OptimConfig:
         min_lr_ratio: the final learning rate as a fraction of the base rate (decaying schedules).
     """
 
-    actor_lr: float = 1e-6
-    critic_lr: float = 2e-6
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.1
-    eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
-    warmup_steps: int = 0
+    actor_lr: PositiveFloat = 1e-6
+    critic_lr: PositiveFloat = 2e-6
+    betas: tuple[UnitIntervalOpen, UnitIntervalOpen] = (0.9, 0.95)
+    weight_decay: NonNegativeFloat = 0.1
+    eps: PositiveFloat = 1e-8
+    max_grad_norm: PositiveFloat | None = 1.0
+    warmup_steps: NonNegativeInt = 0
     lr_schedule: LRSchedule = "constant"
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: UnitInterval = 0.0
 
 
 @dataclass
@@ -300,16 +315,16 @@ class TrainerConfig:
         tensorboard: write TensorBoard event files.
     """
 
-    total_steps: int = 100
-    max_wall_seconds: float | None = None
-    eval_every: int = 10
-    seed: int = 0
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-    max_consecutive_bad_updates: int = 3
-    reward_timeout_s: float | None = 30.0
-    critic_warmup_steps: int = 0
-    num_threads: int | None = None
+    total_steps: NonNegativeInt = 100
+    max_wall_seconds: PositiveFloat | None = None
+    eval_every: NonNegativeInt = 10
+    seed: Seed = 0
+    checkpoint_every: NonNegativeInt = 0
+    keep_checkpoints: NonNegativeInt = 2
+    max_consecutive_bad_updates: PositiveInt = 3
+    reward_timeout_s: PositiveFloat | None = 30.0
+    critic_warmup_steps: NonNegativeInt = 0
+    num_threads: PositiveInt | None = None
     progress: bool = True
     tensorboard: bool = True
 
@@ -327,10 +342,10 @@ class EvalConfig:
         max_response_length: evaluation responses stop here (``None``: ``rollout.max_response_length``).
     """
 
-    temperature: float | None = None
-    top_p: float | None = None
-    samples_per_prompt: int = 1
-    max_response_length: int | None = None
+    temperature: PositiveFloat | None = None
+    top_p: Probability | None = None
+    samples_per_prompt: PositiveInt = 1
+    max_response_length: PositiveInt | None = None
 
 
 @dataclass
@@ -348,8 +363,8 @@ class RewardConfig:
             Built-in task verifiers, and 0, use one worker process under the same limit.
     """
 
-    name: str | None = None
-    num_workers: int = 2
+    name: NonEmptyStr | None = None
+    num_workers: NonNegativeInt = 2
 
 
 @dataclass
@@ -361,8 +376,8 @@ class WorkerResources:
         num_gpus: GPUs per worker (fractions share one GPU between workers; 0: CPU only).
     """
 
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    num_cpus: NonNegativeFloat = 1.0
+    num_gpus: NonNegativeFloat = 0.0
 
 
 @dataclass
@@ -388,9 +403,9 @@ class DistributedConfig:
             have GPUs, else ``gloo``), ``gloo`` or ``nccl``.
     """
 
-    rollout_workers: int = 0
-    train_workers: int = 0
-    ray_address: str | None = None
+    rollout_workers: NonNegativeInt = 0
+    train_workers: NonNegativeInt = 0
+    ray_address: NonEmptyStr | None = None
     rollout: WorkerResources = field(default_factory=WorkerResources)
     train: WorkerResources = field(default_factory=WorkerResources)
     backend: Literal["auto", "gloo", "nccl"] = "auto"
@@ -420,194 +435,29 @@ class TPPOConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def validate(self) -> None:
-        """Refuse impossible combinations, naming the keys."""
-        r, a = self.rollout, self.algorithm
-        _require(r.num_slots > 0, "rollout.num_slots", f"must be > 0, got {r.num_slots}")
-        _require(r.window_length > 0, "rollout.window_length", f"must be > 0, got {r.window_length}")
-        _require(
+        """Refuse impossible combinations of values, naming the keys (each value alone is checked
+        by its type's constraints when the config is loaded)."""
+        r, a, d = self.rollout, self.algorithm, self.distributed
+        require(
             r.window_length <= r.max_response_length,
             "rollout.window_length",
             f"({r.window_length}) must not exceed rollout.max_response_length ({r.max_response_length})",
         )
-        _require(r.samples_per_prompt > 0, "rollout.samples_per_prompt", "must be > 0")
-        _require(r.temperature > 0, "rollout.temperature", "must be > 0 for RL (sampling)")
-        _require(0 < r.top_p <= 1, "rollout.top_p", f"must be in (0, 1], got {r.top_p}")
-        r.vllm.validate()
-        _require(0 <= a.gamma <= 1, "algorithm.gamma", f"must be in [0, 1], got {a.gamma}")
-        _require(0 <= a.gae_lambda <= 1, "algorithm.gae_lambda", f"must be in [0, 1], got {a.gae_lambda}")
-        _require(a.policy_skip_tail >= 0, "algorithm.policy_skip_tail", "must be >= 0")
-        _require(a.ppo_epochs > 0, "algorithm.ppo_epochs", "must be > 0")
-        _require(
-            0 < a.num_minibatches <= r.num_slots,
+        require(
+            a.num_minibatches <= r.num_slots,
             "algorithm.num_minibatches",
             f"must be in [1, rollout.num_slots={r.num_slots}], got {a.num_minibatches}",
         )
-        _require(self.trainer.total_steps >= 0, "trainer.total_steps", "must be >= 0")
-        _require(self.trainer.eval_every >= 0, "trainer.eval_every", "must be >= 0")
-        t = self.trainer
-        _require(t.checkpoint_every >= 0, "trainer.checkpoint_every", "must be >= 0")
-        _require(t.keep_checkpoints >= 0, "trainer.keep_checkpoints", "must be >= 0 (0: keep all)")
-        _require(t.max_consecutive_bad_updates > 0, "trainer.max_consecutive_bad_updates", "must be > 0")
-        _require(
-            t.reward_timeout_s is None or t.reward_timeout_s > 0,
-            "trainer.reward_timeout_s",
-            f"must be > 0 or null, got {t.reward_timeout_s}",
-        )
-        o = self.optim
-        _require(o.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-        _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
-        self._validate_distributed()
-        _require(self.data.train_size > 0, "data.train_size", "must be > 0")
-        _require(self.reward.num_workers >= 0, "reward.num_workers", "must be >= 0")
-        _require(
-            self.eval.max_response_length is None or self.eval.max_response_length > 0,
-            "eval.max_response_length",
-            "must be > 0",
-        )
-        _require(self.data.eval_size >= 0, "data.eval_size", "must be >= 0")
-        _require(
-            self.model.dtype in ("float32", "bfloat16", "float16"),
-            "model.dtype",
-            f"must be float32, bfloat16 or float16, got {self.model.dtype!r}",
-        )
-
-    def _validate_distributed(self) -> None:
-        d = self.distributed
-        _require(
-            d.rollout_workers >= 0, "distributed.rollout_workers", f"must be >= 0, got {d.rollout_workers}"
-        )
-        _require(
-            d.rollout_workers <= self.rollout.num_slots,
+        require(
+            d.rollout_workers <= r.num_slots,
             "distributed.rollout_workers",
-            f"({d.rollout_workers}) must not exceed rollout.num_slots ({self.rollout.num_slots})",
+            f"({d.rollout_workers}) must not exceed rollout.num_slots ({r.num_slots})",
         )
-        _require(d.train_workers >= 0, "distributed.train_workers", f"must be >= 0, got {d.train_workers}")
-        for role in ("rollout", "train"):
-            resources: WorkerResources = getattr(d, role)
-            for key in ("num_cpus", "num_gpus"):
-                value = getattr(resources, key)
-                _require(value >= 0, f"distributed.{role}.{key}", f"must be >= 0, got {value}")
-        _require(
+        require(
             not (d.resolved_backend() == "nccl" and d.train_workers > 0 and d.train.num_gpus == 0),
             "distributed.backend",
             "nccl needs GPUs: set distributed.train.num_gpus (e.g. 1) or use gloo",
         )
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
-
-T = TypeVar("T")
-
-
-def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass ``cls`` from a nested dict, refusing unknown keys and wrong types."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls)
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(_unknown_key_message(prefix + str(key), list(fields), prefix))
-        kwargs[key] = _coerce(hints[key], value, prefix + key)
-    return cls(**kwargs)
-
-
-def _unknown_key_message(key: str, valid: list[str], prefix: str) -> str:
-    leaf = key[len(prefix) :]
-    close = difflib.get_close_matches(leaf, valid, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
-    return f"unknown config key {key!r}{hint} (valid keys here: {', '.join(prefix + v for v in valid)})"
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    """Check ``value`` against type ``hint`` (ints pass as floats; lists as tuples)."""
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return from_dict(hint, value if value is not None else {}, key + ".")  # type: ignore[arg-type]
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(arg, value, key)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {hint}")
-    if origin is typing.Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-            hint_text = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{hint_text}")
-        return value
-    if origin is list:
-        (arg,) = typing.get_args(hint)
-        items = value if isinstance(value, list | tuple) else [value]  # one value: a list of one
-        return [_coerce(arg, v, f"{key}[{i}]") for i, v in enumerate(items)]
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(a, v, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads `1e-4` (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if hint in (int, float, str, bool) and not (
-        isinstance(value, hint) and not (hint is int and isinstance(value, bool))
-    ):
-        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
-    return value
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """Plain nested dict (tuples as lists), ready for YAML or JSON."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return plain(dataclasses.asdict(config))
-
-
-def parse_overrides(overrides: list[str]) -> dict[str, Any]:
-    """``["rollout.window_length=64", "optim.betas=[0.9,0.99]"]`` -> a nested dict (YAML values)."""
-    nested: dict[str, Any] = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        dotted, raw = item.split("=", 1)
-        node = nested
-        *parents, leaf = dotted.strip().split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is both a value and a section")
-        node[leaf] = yaml.safe_load(raw) if raw.strip() else None
-    return nested
-
-
-def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; ``update`` wins."""
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def load_config(
@@ -615,24 +465,14 @@ def load_config(
 ) -> TPPOConfig:
     """Defaults, then the YAML file at ``path``, then ``overrides``; validated unless told not to.
 
-    Keys and types are always checked; ``validate=False`` skips only the checks across values (a
-    base config whose window a caller sets afterwards, as ``tppo bench`` does).
+    Keys, types, each value's range and every name (against its registry) are always checked;
+    ``validate=False`` skips only the checks across values (a base config whose window a caller
+    sets afterwards, as ``tppo bench`` does).
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        with path.open() as handle:
-            try:
-                loaded = yaml.safe_load(handle)
-            except yaml.YAMLError as error:
-                raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from error
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections")
-        data = loaded or {}
-    data = merge(data, parse_overrides(overrides or []))
-    config = from_dict(TPPOConfig, data)
+    from tppo.config_checks import check_names
+
+    config = load_structured(TPPOConfig, path, parse_overrides(overrides or []))
+    check_names(config)
     if validate:
         config.validate()
     return config

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tppo.config import DataConfig
 from tppo.rollout.prompts import PromptRow
-from tppo.sources import load_problems, problem_rows
+from tppo.sources import DataError, load_problems, problem_rows
 from tppo.tasks import Example, Task, get_task
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,8 @@ def draw_split(task: Task, *, size: int, seed: int, held_out: bool) -> list[Exam
         example = task.sample(rng)
         if is_held_out(example.prompt) == held_out:
             examples.append(example)
-    raise ValueError(
-        f"task {task.name!r}: could not draw {size} {'held-out' if held_out else 'training'} prompts"
-    )
+    key, side = ("data.eval_size", "held-out") if held_out else ("data.train_size", "training")
+    raise DataError(f"{key}: task {task.name!r}: could not draw {size} {side} prompts")
 
 
 def task_rows(
@@ -61,7 +60,7 @@ def task_rows(
             if overlong == "skip":
                 skipped += 1
                 continue
-            raise ValueError(
+            raise DataError(
                 f"task {task.name!r} example {index}: prompt of {len(ids)} tokens exceeds "
                 f"data.max_prompt_length={max_prompt_length} (data.overlong_prompts=skip leaves such "
                 "prompts out)"
@@ -76,7 +75,7 @@ def task_rows(
             max_prompt_length,
         )
     if not rows:
-        raise ValueError(f"task {task.name!r}: no prompt fits data.max_prompt_length={max_prompt_length}")
+        raise DataError(f"task {task.name!r}: no prompt fits data.max_prompt_length={max_prompt_length}")
     return rows
 
 

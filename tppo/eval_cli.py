@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from tppo.config import TPPOConfig
     from tppo.evaluation import EvalResult
 
 
@@ -47,11 +48,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+FLAG_KEYS = {
+    "model.policy_path": "--model",
+    "model.device": "--device",
+    "model.dtype": "--dtype",
+    "data.eval_file": "--data",
+    "data.max_prompt_length": "--max-prompt-length",
+    "data.prompt_template": "--template",
+    "rollout.engine": "--engine",
+    "rollout.max_response_length": "--max-tokens",
+    "rollout.window_length": "--max-tokens",
+    "eval.temperature": "--temperature",
+    "eval.top_p": "--top-p",
+    "eval.samples_per_prompt": "--samples",
+    "reward.name": "--reward",
+    "trainer.seed": "--seed",
+    "trainer.reward_timeout_s": "--reward-timeout",
+}
+"""The config key each flag of ``tppo eval`` sets (so a bad flag is refused by the training checks)."""
+
+
+def eval_config(args: argparse.Namespace) -> TPPOConfig:
+    """The flags as a checked :class:`~tppo.config.TPPOConfig` (what the engine reads of one); a bad
+    flag or a missing model or data file is a ConfigError / DataError naming the flag."""
+    from tppo.config import ConfigError, RolloutConfig, TPPOConfig
+    from tppo.config_checks import check_inputs, check_names
+    from tppo.config_loader import load_structured, require
+    from tppo.sources import DataError
+
+    require(args.limit is None or args.limit > 0, "--limit", f"must be > 0, got {args.limit}")
+    require(args.prompts_per_batch > 0, "--prompts-per-batch", f"must be > 0, got {args.prompts_per_batch}")
+    values = {key: getattr(args, flag[2:].replace("-", "_")) for key, flag in FLAG_KEYS.items()}
+    values["rollout.window_length"] = min(args.max_tokens, RolloutConfig.window_length)
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        section, name = key.split(".")
+        nested.setdefault(section, {})[name] = value
+    nested["data"]["eval_file"] = args.data
+    try:
+        config = load_structured(TPPOConfig, None, nested)
+        check_names(config)
+        config.validate()
+        check_inputs(config)
+    except (ConfigError, DataError) as error:
+        key, _, rest = str(error).partition(": ")
+        if key not in FLAG_KEYS:
+            raise
+        raise type(error)(f"{FLAG_KEYS[key]} ({key}): {rest}") from None
+    return config
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate and write the outputs; returns the summary."""
+    """Evaluate and write the outputs; returns the summary. Flags, model and data are checked,
+    and the data read, before the policy loads."""
     from tqdm import tqdm
 
-    from tppo.config import DataConfig, ModelConfig, RolloutConfig, TPPOConfig
     from tppo.engines import SamplingParams
     from tppo.evaluation import evaluate
     from tppo.models import load_policy, load_vocabulary
@@ -59,10 +110,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tppo.roles import build_engine
     from tppo.sources import load_problems, problem_rows
 
-    if args.samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {args.samples}")
-    model_config = ModelConfig(policy_path=args.model, device=args.device, dtype=args.dtype)
-    vocabulary, policy = load_vocabulary(model_config), load_policy(model_config)
+    config = eval_config(args)
+    vocabulary = load_vocabulary(config.model)
     problems = load_problems(args.data, limit=args.limit)
     chat = {"auto": None, "yes": True, "no": False}[args.chat_template]
     rows = problem_rows(
@@ -72,15 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         chat=chat,
         max_prompt_length=args.max_prompt_length,
     )
-    config = TPPOConfig(  # what the engine reads of a training config
-        model=model_config,
-        data=DataConfig(max_prompt_length=args.max_prompt_length),
-        rollout=RolloutConfig(
-            engine=args.engine,
-            max_response_length=args.max_tokens,
-            window_length=min(args.max_tokens, RolloutConfig.window_length),
-        ),
-    )
+    policy = load_policy(config.model)
     engine = build_engine(config, policy, vocabulary, seed=args.seed)
     scorer = build_scorer(args.reward, num_workers=2, timeout_s=args.reward_timeout)
     sampling = SamplingParams(temperature=args.temperature, top_p=args.top_p)

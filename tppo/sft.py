@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import random
-import re
 import shlex
 import sys
 import time
@@ -37,9 +36,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from tppo.config_loader import (
+    ConfigError,
+    NonEmptyStr,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+    UnitInterval,
+    UnitIntervalOpen,
+    field_docs,
+    load_structured,
+    merge,
+    parse_overrides,
+    require,
+)
 from tppo.schedules import lr_multiplier, run_progress
 from tppo.tasks import Example, Task, get_task
 from tppo.tasks.char_tokenizer import build_char_tokenizer
@@ -52,7 +68,12 @@ LENGTH_BUCKETS: tuple[tuple[int, int], ...] = ((1, 16), (17, 32), (33, 64), (65,
 
 @dataclass
 class SFTConfig:
-    """Settings of a supervised warm-up run (``tppo sft``); every field is also a CLI flag.
+    """Settings of a supervised warm-up run (``tppo sft``).
+
+    Read like the training config (:mod:`tppo.config_loader`): defaults, then ``--config FILE``
+    (a YAML mapping of these fields), then one ``--flag VALUE`` per field (``--max-steps 200``,
+    ``none`` for no value, ``--eval-greedy`` / ``--no-eval-greedy``), then ``field=value``
+    overrides; types and ranges are checked and a bad value is refused naming the field.
 
     Attributes:
         task: name of a registered task (``tppo.tasks.TASKS``) whose reference solutions are learnt.
@@ -91,38 +112,53 @@ class SFTConfig:
         log_every: steps between loss records in ``sft_metrics.json``.
     """
 
-    task: str = "lcg"
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 512
-    max_steps: int | None = 1500
-    max_seconds: float | None = None
-    lr: float = 3e-3
-    beta1: float = 0.9
-    beta2: float = 0.98
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    label_smoothing: float = 0.03
-    tokens_per_batch: int = 2048
-    length_group_size: int = 2048
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    seed: int = 0
-    num_threads: int = 2
-    eval_examples: int = 512
-    eval_seed: int = 1234
-    eval_temperature: float = 1.0
+    task: NonEmptyStr = "lcg"
+    hidden_size: PositiveInt = 128
+    num_layers: PositiveInt = 4
+    num_heads: PositiveInt = 4
+    intermediate_size: PositiveInt = 512
+    max_steps: PositiveInt | None = 1500
+    max_seconds: PositiveFloat | None = None
+    lr: PositiveFloat = 3e-3
+    beta1: UnitIntervalOpen = 0.9
+    beta2: UnitIntervalOpen = 0.98
+    weight_decay: NonNegativeFloat = 0.01
+    grad_clip: NonNegativeFloat = 1.0
+    label_smoothing: UnitIntervalOpen = 0.03
+    tokens_per_batch: PositiveInt = 2048
+    length_group_size: PositiveInt = 2048
+    warmup_steps: NonNegativeInt = 100
+    min_lr_ratio: UnitInterval = 0.1
+    seed: Seed = 0
+    num_threads: PositiveInt = 2
+    eval_examples: NonNegativeInt = 512
+    eval_seed: Seed = 1234
+    eval_temperature: NonNegativeFloat = 1.0
     eval_greedy: bool = True
-    eval_batch_size: int = 64
-    max_new_tokens: int = 512
-    log_every: int = 50
+    eval_batch_size: PositiveInt = 64
+    max_new_tokens: PositiveInt = 512
+    log_every: PositiveInt = 50
 
-    def __post_init__(self) -> None:
-        if self.max_steps is None and self.max_seconds is None:
-            raise ValueError("set max_steps or max_seconds (or both)")
-        if self.tokens_per_batch < 1 or self.length_group_size < 1:
-            raise ValueError("tokens_per_batch and length_group_size must be positive")
+    def validate(self) -> None:
+        """Refuse impossible combinations and an unknown task, naming the fields."""
+        require(
+            self.max_steps is not None or self.max_seconds is not None,
+            "max_steps",
+            "set max_steps or max_seconds (or both); both are null",
+        )
+        require(
+            self.hidden_size % self.num_heads == 0,
+            "num_heads",
+            f"must divide hidden_size ({self.hidden_size}), got {self.num_heads}",
+        )
+        from tppo.tasks import TASKS
+
+        require(self.task in TASKS, "task", TASKS.unknown_message(self.task))
+        require(
+            isinstance(getattr(get_task(self.task), "alphabet", None), str),
+            "task",
+            f"task {self.task!r} has no `alphabet` for a character tokenizer",
+        )
 
 
 def length_bucket(length: int) -> str:
@@ -392,12 +428,10 @@ def run_sft(config: SFTConfig, output_dir: Path, *, command: str | None = None) 
     the command line (``command``, by default this process's own). Returns the same metrics.
     """
     wall_started = time.perf_counter()
+    config.validate()
     torch.set_num_threads(config.num_threads)
     task = get_task(config.task)
-    alphabet = getattr(task, "alphabet", None)
-    if not isinstance(alphabet, str):
-        raise ValueError(f"task {config.task!r} has no `alphabet` for a character tokenizer")
-    tokenizer = build_char_tokenizer(alphabet)
+    tokenizer = build_char_tokenizer(task.alphabet)  # type: ignore[attr-defined]  # validate checked it
     model = build_tiny_qwen2(
         tokenizer,
         hidden_size=config.hidden_size,
@@ -459,20 +493,6 @@ def _transformers_version() -> str:
 # --- command line -------------------------------------------------------------------------------
 
 
-def _field_help() -> dict[str, str]:
-    """Help text of each :class:`SFTConfig` field, read from its docstring's ``Attributes:``."""
-    helps: dict[str, str] = {}
-    current = None
-    for line in (SFTConfig.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
-        match = re.match(r"^\s{8}(\w+): (.*)$", line)
-        if match:
-            current = match.group(1)
-            helps[current] = match.group(2)
-        elif current and line.strip():
-            helps[current] += " " + line.strip()
-    return helps
-
-
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -489,43 +509,54 @@ def config_to_argv(config: SFTConfig) -> list[str]:
     return argv
 
 
-def _optional(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        return None if text.lower() in ("none", "") else kind(text)
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
+    """``--output-dir``, ``--config``, one flag per :class:`SFTConfig` field (help from its
+    docstring), and ``field=value`` overrides. Flag values stay text until :func:`config_from_args`."""
     parser = argparse.ArgumentParser(
-        prog="tppo sft", description="Supervised warm-up of a tiny model on a built-in task."
+        prog="tppo sft",
+        description="Supervised warm-up of a tiny model on a built-in task. Settings: defaults, then "
+        "--config FILE, then the flags, then field=value overrides.",
     )
     parser.add_argument("--output-dir", type=Path, required=True, help="where the checkpoint is written")
-    helps = _field_help()
-    defaults = SFTConfig()
+    parser.add_argument("--config", help="YAML file: a mapping of SFTConfig fields")
+    parser.add_argument("overrides", nargs="*", metavar="field=value", help="e.g. lr=1e-3 max_steps=200")
+    docs, defaults = field_docs(SFTConfig), SFTConfig()
     for f in dataclasses.fields(SFTConfig):
         default = getattr(defaults, f.name)
-        help_text = f"{helps.get(f.name, '')} (default: {default})"
-        if isinstance(default, bool):
-            parser.add_argument(
-                _flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text
-            )
-            continue
-        annotation = str(f.type)
-        kind: type = int if "int" in annotation else float if "float" in annotation else str
-        parse = _optional(kind) if "None" in annotation else kind
-        parser.add_argument(_flag(f.name), type=parse, default=default, help=help_text)
+        help_text = f"{docs.get(f.name, '')} (default: {default})"
+        action = argparse.BooleanOptionalAction if isinstance(default, bool) else "store"
+        parser.add_argument(_flag(f.name), action=action, default=argparse.SUPPRESS, help=help_text)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``tppo sft``: parse flags, run :func:`run_sft`, print where the checkpoint went."""
-    args = build_parser().parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SFTConfig)}
+def _flag_value(text: str | bool) -> Any:
+    """A flag's text as a YAML value (``none`` is null); ``True``/``False`` from a switch."""
+    if isinstance(text, bool):
+        return text
+    if text.strip().lower() in ("none", "null", ""):
+        return None
     try:
-        config = SFTConfig(**values)
-    except ValueError as error:
-        print(f"tppo sft: {error}", file=sys.stderr)
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def config_from_args(args: argparse.Namespace) -> SFTConfig:
+    """The checked :class:`SFTConfig` of parsed arguments (a bad value: ConfigError naming the field)."""
+    names = [f.name for f in dataclasses.fields(SFTConfig)]
+    flags = {name: _flag_value(getattr(args, name)) for name in names if hasattr(args, name)}
+    config = load_structured(SFTConfig, args.config, merge(flags, parse_overrides(args.overrides)))
+    config.validate()
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``tppo sft``: read the settings, run :func:`run_sft`, print where the checkpoint went."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as error:
+        print(f"tppo sft: config error: {error}", file=sys.stderr)
         return 2
     command = shlex.join(["tppo", "sft", *(sys.argv[1:] if argv is None else argv)])
     metrics = run_sft(config, args.output_dir, command=command)

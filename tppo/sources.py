@@ -91,7 +91,7 @@ def read_rows(source: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+        for number, line in enumerate(_lines(handle, path), start=1):
             if not line.strip():
                 continue
             try:
@@ -103,10 +103,26 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, row
 
 
+def _lines(handle: Iterator[str], path: Path) -> Iterator[str]:
+    """The lines of a text file; a byte that is not UTF-8 is a :class:`DataError` naming its row."""
+    number = 0
+    try:
+        for line in handle:
+            number += 1
+            yield line
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: row {number + 1}: not UTF-8 text ({error.reason})") from None
+
+
 def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    yield from enumerate(pq.read_table(path).to_pylist(), start=1)
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        raise DataError(f"data file {str(path)!r} is not a readable parquet file ({error})") from None
+    yield from enumerate(table.to_pylist(), start=1)
 
 
 def _read_hf_dataset(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -119,7 +135,14 @@ def _read_hf_dataset(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
             f"data source {spec!r} is not a local file, so it is read as a Hugging Face data set, which "
             "needs the `datasets` package (pip install datasets); or point to a .jsonl/.parquet file"
         ) from None
-    dataset = datasets.load_dataset(name, subset or None, split=split or "train")
+    try:
+        dataset = datasets.load_dataset(name, subset or None, split=split or "train")
+    except Exception as error:  # the datasets package raises many kinds (not found, offline, bad split)
+        first_line = (str(error).splitlines() or [""])[0]
+        raise DataError(
+            f"data source {spec!r} is not a local file and could not be loaded as a Hugging Face data "
+            f"set ({type(error).__name__}: {first_line})"
+        ) from None
     for number, row in enumerate(dataset, start=1):
         yield number, dict(row)
 

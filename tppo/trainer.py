@@ -34,6 +34,7 @@ from tppo.algorithms import (
 )
 from tppo.checkpoint import latest_checkpoint
 from tppo.config import TPPOConfig, save_config
+from tppo.config_checks import check_inputs, check_names
 from tppo.data import build_data
 from tppo.diagnostics import (
     bootstrap_errors,
@@ -80,11 +81,13 @@ class Trainer:
         random.seed(config.trainer.seed)  # every global generator, so a checkpoint's RNG states
         np.random.seed(config.trainer.seed)  # are the same in a resumed and an uninterrupted run
         torch.manual_seed(config.trainer.seed)
+        check_names(config)  # the names (reward included) and the inputs, before anything loads
+        check_inputs(config)
         self.vocabulary = models.vocabulary if models is not None else load_vocabulary(config.model)
+        data = build_data(config.data, self.vocabulary.tokenizer, seed=config.trainer.seed)
+        self.eval_rows = data.held_out  # every row is read and checked before the models load
         self.learner = build_learner(config, models)
         self.device = self.learner.device
-        data = build_data(config.data, self.vocabulary.tokenizer, seed=config.trainer.seed)
-        self.eval_rows = data.held_out
         self.scorer = build_scorer(
             config.reward.name or data.default_reward,
             num_workers=config.reward.num_workers,
