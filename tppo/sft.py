@@ -12,6 +12,7 @@ Usage::
     tppo sft --output-dir runs/base                      # the demo base (lcg task)
     python -m tppo.sft --output-dir runs/base --max-steps 200 --eval-examples 64
     python -m tppo.sft --output-dir runs/base --max-steps none --max-seconds 240
+    tppo sft --output-dir runs/base --config sft.yaml lr=1e-3     # YAML of SFTConfig fields, then overrides
 
 Label smoothing (``label_smoothing``, default 0.03) is what leaves reinforcement learning its
 headroom on the demo task: the model learns the task's step exactly (greedy decoding is right
