@@ -192,3 +192,48 @@ def test_bench_refuses_bad_input_before_any_run(args, named, tmp_path, capsys, n
 def test_bench_engines_refuses_bad_input_before_any_model(args, named, capsys, no_models):
     line = refused(["bench-engines", *args], capsys)
     assert named in line
+
+
+def test_the_trainer_checks_names_and_inputs_itself(tmp_path, no_models):
+    """A config built in code (not by load_config) is checked too, before the models load."""
+    from tppo.config import ConfigError, load_config
+    from tppo.sources import DataError
+    from tppo.trainer import Trainer
+
+    config = load_config(None, TINY)
+    config.reward.name = "maht"
+    with pytest.raises(ConfigError, match=r"^reward\.name: unknown reward 'maht'"):
+        Trainer(config, tmp_path)
+    config.reward.name = None
+    config.data.train_files = [str(tmp_path / "missing.jsonl")]
+    with pytest.raises(
+        DataError, match=r"^data\.train_files\[0\]: data file .*missing\.jsonl' does not exist"
+    ):
+        Trainer(config, tmp_path)
+
+
+def test_a_real_process_exits_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tppo.cli",
+            "train",
+            "--output-dir",
+            str(tmp_path),
+            "algorithm.clip_eps_low=1.5",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "tppo: config error: algorithm.clip_eps_low: must be in [0, 1), got 1.5"
+    ]

@@ -163,6 +163,12 @@ def test_cli_flags_round_trip() -> None:
     assert config_from_args(args) == config
 
 
+def test_flag_help_comes_from_the_config_docstring() -> None:
+    text = " ".join(build_parser().format_help().split())
+    assert "--num-layers NUM_LAYERS number of decoder layers. (default: 4)" in text
+    assert "--eval-greedy, --no-eval-greedy also evaluate greedily" in text
+
+
 def test_the_committed_reproduce_command_still_parses() -> None:
     base = Path(__file__).resolve().parents[1] / "tppo" / "assets" / "demo_base"
     metrics = json.loads((base / "sft_metrics.json").read_text())
