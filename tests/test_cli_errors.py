@@ -237,3 +237,15 @@ def test_a_real_process_exits_2_with_one_line(tmp_path):
     assert result.stderr.strip().splitlines() == [
         "tppo: config error: algorithm.clip_eps_low: must be in [0, 1), got 1.5"
     ]
+
+
+def test_plot_refuses_a_directory_without_metrics_and_mismatched_labels(tmp_path, capsys):
+    line = refused(["plot", str(tmp_path / "nope"), "--output", str(tmp_path / "p.png")], capsys)
+    assert (
+        line
+        == f"tppo: data error: run directory '{tmp_path / 'nope'}' holds no metrics.jsonl (not a tppo run)"
+    )
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("")
+    line = refused(["plot", str(tmp_path / "run"), "--labels", "a", "b"], capsys)
+    assert line.startswith("tppo: config error: --labels: needs one label per run directory (1), got 2")

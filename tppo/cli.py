@@ -127,6 +127,14 @@ def _bench(args: argparse.Namespace) -> int:
 def _plot(args: argparse.Namespace) -> int:
     from tppo.plotting import plot_runs
 
+    for run_dir in args.run_dirs:
+        if not (Path(run_dir) / "metrics.jsonl").is_file():
+            raise DataError(f"run directory {run_dir!r} holds no metrics.jsonl (not a tppo run)")
+    require(
+        args.labels is None or len(args.labels) == len(args.run_dirs),
+        "--labels",
+        f"needs one label per run directory ({len(args.run_dirs)}), got {len(args.labels or [])}",
+    )
     out = plot_runs([Path(d) for d in args.run_dirs], Path(args.output), labels=args.labels)
     print(f"plot: {out}")
     return 0
