@@ -249,3 +249,41 @@ def test_plot_refuses_a_directory_without_metrics_and_mismatched_labels(tmp_path
     (tmp_path / "run" / "metrics.jsonl").write_text("")
     line = refused(["plot", str(tmp_path / "run"), "--labels", "a", "b"], capsys)
     assert line.startswith("tppo: config error: --labels: needs one label per run directory (1), got 2")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("bad.jsonl", b'{"problem": "1=", "answer": "1"}\n\xff\xfe\n', r": row 2: not UTF-8 text"),
+        ("bad.parquet", b"not a parquet file", r"bad\.parquet' is not a readable parquet file"),
+    ],
+)
+def test_an_unreadable_data_file_is_named(name, content, message, tmp_path, capsys, no_models):
+    data = tmp_path / name
+    data.write_bytes(content)
+    line = refused(
+        ["train", "--output-dir", str(tmp_path / "run"), *TINY, f"data.train_files=[{data}]"], capsys
+    )
+    assert line.startswith("tppo: data error: ") and re.search(message, line), line
+
+
+def test_a_hugging_face_data_set_that_cannot_load_is_named(tmp_path, capsys, no_models, monkeypatch):
+    import sys
+    import types
+
+    def load_dataset(*args, **kwargs):
+        raise FileNotFoundError("Couldn't find a dataset script at no/such\nmore detail")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    import importlib.util
+
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "datasets" else None
+    )
+    line = refused(
+        ["train", "--output-dir", str(tmp_path / "run"), *TINY, "data.train_files=[no/such@test]"], capsys
+    )
+    assert line == (
+        "tppo: data error: data source 'no/such@test' is not a local file and could not be loaded as a "
+        "Hugging Face data set (FileNotFoundError: Couldn't find a dataset script at no/such)"
+    )

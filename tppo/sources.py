@@ -90,28 +90,26 @@ def read_rows(source: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(_lines(handle, path), start=1):
-            if not line.strip():
-                continue
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: row {number}: not valid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: row {number}: expected a JSON object, got {type(row).__name__}")
+        yield number, row
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number from 1, text)``; a line that is not UTF-8 is a :class:`DataError` naming it."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}: row {number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: row {number}: expected a JSON object, got {type(row).__name__}")
-            yield number, row
-
-
-def _lines(handle: Iterator[str], path: Path) -> Iterator[str]:
-    """The lines of a text file; a byte that is not UTF-8 is a :class:`DataError` naming its row."""
-    number = 0
-    try:
-        for line in handle:
-            number += 1
-            yield line
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: row {number + 1}: not UTF-8 text ({error.reason})") from None
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(f"{path}: row {number}: not UTF-8 text ({error.reason})") from None
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
