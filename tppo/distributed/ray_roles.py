@@ -180,10 +180,6 @@ class RayRolloutGroup(Engine):
         self.workers = []
 
 
-def _take(rows: list[int], *columns: Sequence[Any]) -> list[list[Any]]:
-    return [[column[i] for i in rows] for column in columns]
-
-
 # ---------------------------------------------------------------------------------------- training
 
 

@@ -38,13 +38,6 @@ def to_lsd(n: int) -> str:
     return str(n)[::-1]
 
 
-def from_lsd(text: str) -> int:
-    """Inverse of :func:`to_lsd`; raises ``ValueError`` unless ``text`` is digits only."""
-    if not text or not text.isdigit() or not text.isascii():
-        raise ValueError(f"not a least-significant-digit-first number: {text!r}")
-    return int(text[::-1])
-
-
 def collatz_step(n: int) -> int:
     """One Collatz step: ``n // 2`` for even ``n``, ``3 * n + 1`` for odd ``n``."""
     return n // 2 if n % 2 == 0 else 3 * n + 1
