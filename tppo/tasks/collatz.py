@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 
-from tppo.tasks import Example, Task, final_answer_reward, register_task
+from tppo.tasks.base import Example, Task, final_answer_reward, register_task
 
 ALPHABET = "0123456789=;#"
 
