@@ -167,6 +167,7 @@ def test_truncation_diagnostics_are_logged_and_consistent(tmp_path):
     assert any(not math.isnan(r["diagnostics/tail_adv_abs_mean"]) for r in rows)
     assert all(not math.isnan(r["diagnostics/rest_adv_abs_mean"]) for r in rows)
 
+
 def spy(trainer, method):
     """Wrap ``trainer.learner.<method>`` (the real one runs) and record the batches it gets."""
     seen, real = [], getattr(trainer.learner, method)
