@@ -152,7 +152,8 @@ def test_two_fsdp_training_workers_match_the_single_process_update(tmp_path):
         lost.per_token.update(expected)
         for key in ("policy_mask", "value_mask"):
             lost.per_token[key][4:] = False
-        broken.update_actor(lost), broken.update_critic(lost)
+        broken.update_actor(lost)
+        broken.update_critic(lost)
         far = outside_tolerance(local.models.policy, local.actor_optim, dict(broken.policy_weights()))
         assert len(far) > len(list(local.models.policy.parameters())) // 2, far
         head = {n: p.detach() for n, p in broken.models.value.named_parameters()}
