@@ -16,6 +16,7 @@ from tppo.bench import (
     time_to_target,
 )
 from tppo.cli import main
+from tppo.metrics import read_metrics
 
 TINY = [
     "rollout.num_slots=8",
@@ -103,7 +104,15 @@ def test_tiny_bench_writes_every_file_and_resumes(tmp_path, capsys):
     assert run["steps"] == 3 and 0 < run["slot_utilization"] <= 1
     assert sum(share for share in run["phase_share"].values()) <= 1.0
     tppo = summary["methods"]["tppo_l8"]["runs"]["0"]
-    assert tppo["policy_versions_mean"] is None or tppo["policy_versions_mean"] >= 1
+    # PPO generates every response within one step: one policy version each; T-PPO's is the mean
+    # over its steps of what each step logged
+    assert run["policy_versions_mean"] == 1.0
+    logged = [
+        row["diagnostics/policy_versions_mean"]
+        for row in read_metrics(out / "runs" / "tppo_l8" / "seed0" / "metrics.jsonl")
+        if row.get("diagnostics/policy_versions_mean") is not None
+    ]
+    assert logged and tppo["policy_versions_mean"] == pytest.approx(sum(logged) / len(logged))
     # nothing is skipped (policy_skip_tail = 0), yet the window-edge tails are measured
     assert tppo["tail_adv_abs_mean"] is not None and tppo["rest_adv_abs_mean"] is not None
     report = (out / "report.md").read_text()

@@ -175,3 +175,45 @@ def test_checkpoint_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
     before_rename = synced[: renamed[0]]
     assert any(p.endswith("/a") for p in before_rename) and any(p.endswith("/b") for p in before_rename)
     assert any(p.endswith("/manifest.json") for p in before_rename)
+
+
+def test_check_resumable_refuses_weights_only_and_changed_configs(tmp_path):
+    from tppo.config import ConfigError, load_config, to_dict
+    from tppo.resume import check_resumable
+
+    config = load_config(None, ["rollout.num_slots=4"])
+    weights_only = write_checkpoint(tmp_path / "a", 1, files({"policy/model.safetensors": b"w"}), keep=0)
+    with pytest.raises(ConfigError, match="holds weights only"):
+        check_resumable(weights_only, config)
+    state = json.dumps({"config": to_dict(config)}).encode()
+    path = write_checkpoint(tmp_path / "b", 1, files({"trainer_state.json": state}), keep=0)
+    check_resumable(path, config)  # the same config
+    check_resumable(path, load_config(None, ["rollout.num_slots=4", "trainer.total_steps=999"]))
+    with pytest.raises(ConfigError, match=r"cannot resume from .*step_00000001.*rollout\.num_slots: 4 -> 8"):
+        check_resumable(path, load_config(None, ["rollout.num_slots=8"]))
+
+
+@pytest.mark.slow
+def test_trainer_state_dict_round_trips_into_another_trainer(tmp_path):
+    from conftest import SMALL_RUN
+
+    from tppo.config import load_config
+    from tppo.resume import ENGINE_RNG
+    from tppo.trainer import Trainer
+
+    first = Trainer(load_config(None, SMALL_RUN), tmp_path / "first")
+    for _ in range(2):
+        first.train_step()
+    state = first.state_dict()
+    assert state["step"] == 2 and state["pool"]["stream"]["position"] > 0
+    json.dumps({k: v for k, v in state.items() if k != ENGINE_RNG})  # the state file's part is JSON
+    second = Trainer(load_config(None, SMALL_RUN), tmp_path / "second")
+    assert second.state_dict()["pool"] != state["pool"]
+    second.load_state_dict(state)
+    restored = second.state_dict()
+    assert torch.equal(restored.pop(ENGINE_RNG), state.pop(ENGINE_RNG))
+    assert restored == state
+    carried = [s for s in second.pool.slots if s is not None]
+    assert carried and [s.response_ids for s in carried] == [
+        s.response_ids for s in first.pool.slots if s is not None
+    ]

@@ -1,6 +1,7 @@
 """Distributed mode on a local Ray cluster (CPU, gloo): 2 rollout workers, 2 FSDP2 training workers.
 
-(a) split invariance: one update with 2 training workers equals the single-process one;
+(a) split invariance: one update with 2 training workers equals the single-process one (up to
+float32 rounding, with a tolerance derived from it, see :func:`adamw_tolerance`);
 (b) weight sync reaches every rollout worker; (c) a 3-step T-PPO run with 2 + 2 workers.
 One Ray cluster for the module; each worker takes one logical CPU.
 """
@@ -70,16 +71,54 @@ def make_batch(seed=0):
     return batch
 
 
-def test_two_fsdp_training_workers_match_the_single_process_update():
+F32 = torch.finfo(torch.float32).eps
+
+
+def adamw_tolerance(optimizer, param):
+    """How far float32 rounding alone can set one AdamW-trained weight apart between two runs that
+    compute the same gradients but sum them in another order (over 2 ranks with gloo, and other
+    micro-batches, against one process), elementwise.
+
+    A sum of float32 terms in another order differs by a few ulps of its largest terms: a gradient
+    entry by ``delta ~ 16 eps32 max|g|`` (measured: ~1e-9 where max|g| ~ 1e-2). AdamW's step
+    ``lr m / (sqrt(v) + eps)`` divides each entry by its own size, so that difference moves the step
+    by up to ``lr delta / (|g_i| + eps)``: nothing for large entries, up to a few % of ``lr`` for the
+    few entries whose gradient is ~1e-8 (near ``eps``; e.g. some k_proj biases). Over ``t`` steps
+    that adds up, on top of a few ulps of rounding of the weight itself.
+    """
+    group = next(g for g in optimizer.param_groups if any(p is param for p in g["params"]))
+    state = optimizer.state[param]
+    steps = int(state["step"])
+    size = (state["exp_avg_sq"] / (1 - group["betas"][1] ** steps)).sqrt()  # ~ |g_i| over the steps
+    delta = 16 * F32 * float(size.max())
+    return steps * group["lr"] * delta / (size + group["eps"]) + 8 * F32 * param.detach().abs()
+
+
+def outside_tolerance(model, optimizer, updated, prefix=""):
+    """The parameters (named ``prefix...``) of ``updated`` (name -> tensor) with a weight further
+    from ``model``'s than :func:`adamw_tolerance` allows."""
+    out = []
+    for name, param in model.named_parameters():
+        if not name.startswith(prefix):
+            continue
+        if not bool(((updated[name] - param.detach()).abs() <= adamw_tolerance(optimizer, param)).all()):
+            out.append(name)
+    return out
+
+
+def test_two_fsdp_training_workers_match_the_single_process_update(tmp_path):
+    """Why not an exact match: 2 ranks sum their gradients with gloo, one process accumulates
+    micro-batches, and float32 sums in other orders differ in the last bits (~1e-7 relative);
+    AdamW then scales each entry by its own size, so the tolerance is per entry
+    (:func:`adamw_tolerance`), with no change to AdamW's eps. (Gradients cannot be compared
+    directly: the update frees them after each step. Measured: weights <= 4e-7 apart, k_proj
+    biases, whose gradient has entries ~1e-8, up to 8e-6.)"""
     overrides = [
         *SMALL,
         "algorithm.ppo_epochs=2",  # so old log-probs are recomputed in the score phase
         "algorithm.num_minibatches=2",
         "algorithm.micro_batch_tokens=40",  # several passes per rank, uneven between ranks
         "optim.max_grad_norm=0.5",  # clipping needs the norm over both ranks' shards
-        # k_proj's bias has a zero gradient in exact arithmetic (softmax ignores a shift of every key
-        # score); AdamW with eps=1e-8 turns its float noise into +-lr steps that differ between runs.
-        "optim.eps=1e-6",
     ]
     config = load_config(None, [*overrides, "distributed.train_workers=2"])
     local = Learner(config, load_models(config.model))  # the single-process learner
@@ -88,22 +127,38 @@ def test_two_fsdp_training_workers_match_the_single_process_update():
         batch = make_batch()
         expected, got = local.score(batch), group.score(batch)
         assert set(got) == {"old_values", "old_log_probs"}
-        for key in expected:
+        for key in expected:  # log-probs down to -7: float32 rounding of other packings, ~1e-6
             assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5)
         batch.per_token.update(expected)
-        for update, role in (("update_actor", "policy"), ("update_critic", "value")):
+        for update in ("update_actor", "update_critic"):
             want, have = getattr(local, update)(batch), getattr(group, update)(batch)
             assert want["updates"] == have["updates"] == 4  # 2 epochs x 2 minibatches
+            # means of float32 sums in other orders (measured: <= 3e-7 relative); grad_norm is the
+            # norm before clipping of the gradient summed over both ranks (a mean would halve it)
             for key in ("loss", "grad_norm", "clipfrac"):
-                assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (role, key)
-            grads = group.gradients(role)
-            local_grads = local.gradients(role)
-            assert set(grads) == set(local_grads)
-            for name, grad in local_grads.items():
-                assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=f"{role} {name}")
-        weights = dict(group.policy_weights())
-        for name, param in local.models.policy.named_parameters():
-            assert_close(weights[name], param.detach(), rtol=1e-4, atol=1e-5, msg=name)
+                assert have[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7), (update, key)
+        group.save(tmp_path)  # gathered from the shards
+        value = AutoModelForTokenClassification.from_pretrained(tmp_path / "value")
+        values = {n: p.detach() for n, p in value.named_parameters()}
+        assert outside_tolerance(local.models.policy, local.actor_optim, dict(group.policy_weights())) == []
+        # The value model starts from a zero head: at the first step its backbone has no gradient,
+        # after that one scaled by the head's fresh ~1e-3 weights, which AdamW turns into full
+        # steps: the backbone then inherits the head's own rounding differences through the
+        # gradient, not float32 rounding of the same gradient. Its head is checked here; its
+        # update is the policy's code (run_update), and its statistics are checked above.
+        assert outside_tolerance(local.models.value, local.critic_optim, values, prefix="score.") == []
+        # the tolerance tells a broken update apart: one that lost rank 1's rows (rows 4..6)
+        broken, lost = Learner(config, load_models(config.model)), make_batch()
+        lost.per_token.update(expected)
+        for key in ("policy_mask", "value_mask"):
+            lost.per_token[key][4:] = False
+        broken.update_actor(lost)
+        broken.update_critic(lost)
+        far = outside_tolerance(local.models.policy, local.actor_optim, dict(broken.policy_weights()))
+        assert len(far) > len(list(local.models.policy.parameters())) // 2, far
+        head = {n: p.detach() for n, p in broken.models.value.named_parameters()}
+        far = outside_tolerance(local.models.value, local.critic_optim, head, prefix="score.")
+        assert far == ["score.weight", "score.bias"]
     finally:
         group.close()
 

@@ -74,7 +74,14 @@ def test_smollm2_trains_two_steps_and_evaluates(tmp_path, monkeypatch):
     result = trainer.evaluate()  # what trainer.eval_every logs as eval/avg_at_k
     trainer.scorer.close()
     assert (len(result.scores), result.k) == (2, 2)
-    assert 0.0 <= result.as_metrics()["eval/avg_at_k"] <= result.pass_at_k <= 1.0
+    # avg@k and pass@k of the 2 x 2 math-reward scores, as logged; every response within the
+    # 8-token budget, cut at it exactly when it did not stop
+    flat = [score for row in result.scores for score in row]
+    assert set(flat) <= {0.0, 1.0}
+    assert result.as_metrics()["eval/avg_at_k"] == sum(flat) / 4
+    assert result.as_metrics()["eval/pass_at_k"] == sum(1.0 in row for row in result.scores) / 2
+    for lengths, truncated in zip(result.lengths, result.truncated, strict=True):
+        assert all(0 < n <= 8 and (n == 8 or not cut) for n, cut in zip(lengths, truncated, strict=True))
 
     out = tmp_path / "eval"
     argv = ["eval", "--model", "smollm2-135m-instruct", "--data", str(SHARED_DATA / "gsm8k_test.jsonl")]

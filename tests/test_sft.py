@@ -12,12 +12,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tppo.engines import Completion, Engine, HFEngine
 from tppo.sft import (
     IGNORE_INDEX,
     SFTConfig,
     build_parser,
     config_from_args,
     config_to_argv,
+    engine_accuracy,
     evaluate_accuracy,
     learning_rate,
     length_bucket,
@@ -30,28 +32,34 @@ from tppo.tasks.collatz import ALPHABET
 from tppo.tasks.tiny_model import build_tiny_qwen2
 
 
-class ScriptedModel(torch.nn.Module):
-    """Answers each prompt with a fixed token list; checks that prompts come left-padded."""
+class ScriptedEngine(Engine):
+    """Answers each prompt with a fixed token list, as an engine would: cut after the first EOS
+    (finish "stop") or at the budget (finish "length"); records each call's prompts."""
 
     def __init__(self, tokenizer, script: dict[str, list[int]]) -> None:  # type: ignore[no-untyped-def]
         super().__init__()
-        self.tokenizer = tokenizer
-        self.script = script
-        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.tokenizer, self.script, self.calls = tokenizer, script, []
 
-    def generate(self, input_ids, attention_mask, generation_config):  # type: ignore[no-untyped-def]
-        assert bool(attention_mask[:, -1].all()), "prompts must be left-padded"
-        pad = self.tokenizer.pad_token_id
-        rows = []
-        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist(), strict=True):
-            prompt = self.tokenizer.decode([i for i, m in zip(ids, mask, strict=True) if m])
-            rows.append(self.script[prompt][: generation_config.max_new_tokens])
-        width = max(len(row) for row in rows)
-        continuation = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
-        return torch.cat([input_ids, continuation], dim=1)
+    def generate(self, prefixes, max_new_tokens, sampling):  # type: ignore[no-untyped-def]
+        prompts = [self.tokenizer.decode(p) for p in prefixes]
+        self.calls.append(prompts)
+        out = []
+        for prompt, budget in zip(prompts, max_new_tokens, strict=True):
+            tokens = self.script[prompt][:budget]
+            eos = self.tokenizer.eos_token_id
+            if eos in tokens:
+                out.append(
+                    Completion(tokens[: tokens.index(eos) + 1], [0.0] * (tokens.index(eos) + 1), "stop")
+                )
+            else:
+                out.append(Completion(tokens, [0.0] * len(tokens), "length"))
+        return out
+
+    def update_weights(self, named_tensors):  # type: ignore[no-untyped-def]
+        raise NotImplementedError
 
 
-def test_evaluate_accuracy_on_a_scripted_model() -> None:
+def test_engine_accuracy_on_a_scripted_engine() -> None:
     task = get_task("collatz")
     tokenizer = build_char_tokenizer(ALPHABET)
     eos = tokenizer.eos_token_id
@@ -67,25 +75,43 @@ def test_evaluate_accuracy_on_a_scripted_model() -> None:
         "21=": ids(examples[3].solution),  # right answer, but no EOS: truncated, scored as written
         "5=": ids("61;8;4;2;1;"),  # cut before its answer line
     }
-    result = evaluate_accuracy(
-        ScriptedModel(tokenizer, script),  # type: ignore[arg-type]
-        tokenizer,
-        task,
-        examples,
-        temperature=1.0,
-        max_new_tokens=512,
-        batch_size=2,
-        seed=0,
+    engine = ScriptedEngine(tokenizer, script)
+    result = engine_accuracy(
+        engine, tokenizer, task, examples, temperature=1.0, max_new_tokens=512, batch_size=2
     )
     assert result["rewards"] == [1.0, 1.0, 0.0, 1.0, 0.0]
     assert result["accuracy"] == 3 / 5
     assert result["responses"][0] == examples[0].solution
     assert result["truncated_fraction"] == 2 / 5
+    # EOS is not a response token (one character, one token): 6, 2 and 12 their solutions,
+    # 27 its solution and "1;#1", 5 "61;8;4;2;1;"
+    solutions = [len(examples[i].solution) for i in (0, 1, 3)]
+    assert result["mean_response_tokens"] == (sum(solutions) + len(examples[2].solution) + 4 + 11) / 5
+    # two prompts a call, shortest reference solution first
+    assert engine.calls == [["2=", "5="], ["6=", "21="], ["72="]]
     # Reference lengths: 2 -> "2;1;#1" (6) and 5 -> "5;61;8;4;2;1;#5" (15) in 1-16 (one right);
     # 6 -> "6;3;01;5;61;8;4;2;1;#8" (22) and 12 -> "21;6;...;#9" (25) in 17-32 (both right).
     assert result["per_bucket"]["1-16"] == {"num_examples": 2, "accuracy": 0.5}
     assert result["per_bucket"]["17-32"] == {"num_examples": 2, "accuracy": 1.0}
     assert result["per_bucket"]["257-512"] == {"num_examples": 1, "accuracy": 0.0}
+
+
+def test_evaluate_accuracy_samples_through_the_hf_engine() -> None:
+    task = get_task("collatz")
+    tokenizer = build_char_tokenizer(ALPHABET)
+    model = build_tiny_qwen2(tokenizer, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    examples = [task.example(start) for start in (3, 27, 703, 9, 100)]
+    kwargs = {"temperature": 1.0, "max_new_tokens": 12, "batch_size": 2}
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    result = evaluate_accuracy(model, tokenizer, task, examples, seed=7, **kwargs)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the engine's own generator samples
+    engine = HFEngine(
+        model, eos_token_ids=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id, seed=7
+    )
+    assert engine_accuracy(engine, tokenizer, task, examples, **kwargs)["responses"] == result["responses"]
+    again = evaluate_accuracy(model, tokenizer, task, examples, seed=8, **kwargs)["responses"]
+    assert again != result["responses"]  # another seed, other samples
 
 
 def test_left_padded_batches_match_single_prompts() -> None:

@@ -88,7 +88,7 @@ def test_cli_train_writes_config_metrics_tensorboard_checkpoints_and_plot(tmp_pa
         "eval/accuracy",
     ):
         assert key in rows[2], key
-    assert 0.0 <= rows[2]["rollout/slot_utilization"] <= 1.0
+    assert 0.0 < rows[2]["rollout/slot_utilization"] <= 1.0
     assert (out / "config.yaml").is_file() and (out / "plot.png").stat().st_size > 10_000
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     AutoModelForCausalLM.from_pretrained(out / "final" / "policy")
@@ -124,19 +124,37 @@ def test_learning_rates_follow_the_schedule_step_by_step(tmp_path):
 
 def test_truncation_diagnostics_are_logged_and_consistent(tmp_path):
     trainer = Trainer(load_config(None, [*SMALL, "algorithm.policy_skip_tail=2"]), tmp_path)
+    rewarded = []  # per step: (finished slot, its reward), recorded as the trainer scores them
+    real_reward = trainer._reward
+
+    def reward(active):
+        scores, problems = real_reward(active)
+        rewarded.append([(s, float(scores[i])) for i, s in enumerate(active) if s.finished])
+        return scores, problems
+
+    trainer._reward = reward
     rows = [trainer.train_step() for _ in range(4)]
     first = rows[0]
-    # the first step's finished responses were generated in that step alone: one version, none stale
-    if first["rollout/finished"]:
-        assert first["diagnostics/policy_versions_mean"] == 1.0
-        assert first["diagnostics/stale_value_token_frac"] == 0.0
-        assert first["diagnostics/bootstrap_edges"] == 0
+    # this seed's first window finishes some responses (short answers emit EOS within 8 tokens);
+    # they were generated in that step alone: one version, none stale, no window edge crossed
+    assert first["rollout/finished"] > 0
+    assert first["diagnostics/policy_versions_mean"] == 1.0
+    assert first["diagnostics/stale_value_token_frac"] == 0.0
+    assert first["diagnostics/bootstrap_edges"] == 0
     later = [r for r in rows[1:] if r["diagnostics/bootstrap_edges"] > 0]
     assert later, "carried responses finished and were bootstrapped at earlier edges"
     for row in later:
         assert row["diagnostics/policy_versions_mean"] > 1.0
         assert 0.0 < row["diagnostics/stale_value_token_frac"] <= 1.0
-        assert row["diagnostics/bootstrap_error_abs"] >= abs(row["diagnostics/bootstrap_error_signed"])
+    # the bootstrap errors are V(s_b-1) - G_b-1 over the edges the step's finished responses
+    # crossed (gamma = 1: G is the reward), from the values recorded on each slot at each edge
+    for row, finished in zip(rows, rewarded, strict=True):
+        errors = [v - reward for slot, reward in finished for v in slot.bootstrap_values]
+        assert row["diagnostics/bootstrap_edges"] == len(errors)
+        signed = sum(errors) / len(errors) if errors else math.nan
+        mean_abs = sum(abs(e) for e in errors) / len(errors) if errors else math.nan
+        assert row["diagnostics/bootstrap_error_signed"] == pytest.approx(signed, nan_ok=True)
+        assert row["diagnostics/bootstrap_error_abs"] == pytest.approx(mean_abs, nan_ok=True)
     # every unfinished slot has one bootstrap per edge it crossed, at the end of each window
     for slot in trainer.pool.active():
         assert len(slot.bootstrap_positions) == len(set(slot.token_steps))
@@ -148,3 +166,47 @@ def test_truncation_diagnostics_are_logged_and_consistent(tmp_path):
         assert slot.bootstrap_positions == ends
     assert any(not math.isnan(r["diagnostics/tail_adv_abs_mean"]) for r in rows)
     assert all(not math.isnan(r["diagnostics/rest_adv_abs_mean"]) for r in rows)
+
+
+def spy(trainer, method):
+    """Wrap ``trainer.learner.<method>`` (the real one runs) and record the batches it gets."""
+    seen, real = [], getattr(trainer.learner, method)
+
+    def wrapped(batch):
+        seen.append(batch)
+        return real(batch)
+
+    setattr(trainer.learner, method, wrapped)
+    return seen
+
+
+def test_update_statistics_are_logged_and_mean_what_they_say(tmp_path):
+    # One epoch of one minibatch: the update's forward pass runs on the weights that scored the
+    # batch, so its ratios are exactly 1 and its values are the old values.
+    trainer = Trainer(load_config(None, SMALL), tmp_path)
+    batches = spy(trainer, "update_critic")
+    rows = [trainer.train_step() for _ in range(3)]
+    trained = [(row, batch) for row, batch in zip(rows, batches, strict=True) if row["critic/updates"]]
+    assert trained, "some responses finished in three steps"
+    for row, batch in trained:
+        mask = batch.per_token["value_mask"]
+        returns = float(batch.per_token["returns"][mask].double().mean())
+        values = float(batch.per_token["old_values"][mask].double().mean())
+        assert row["critic/returns_mean"] == pytest.approx(returns, rel=1e-6, abs=1e-7)
+        assert row["critic/values_mean"] == pytest.approx(values, rel=1e-5, abs=1e-6)
+    for row in rows:
+        assert row["actor/ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+        assert row["actor/dual_clipfrac"] == 0.0  # no dual clip configured
+
+
+def test_dual_clip_shows_in_its_statistic_when_it_bites(tmp_path):
+    # Two epochs: the second runs on updated weights, so ratios move off 1; a dual clip at
+    # c = 1.001 caps every negative-advantage token whose ratio passed 1.001.
+    overrides = [*SMALL, "algorithm.ppo_epochs=2"]
+    plain = Trainer(load_config(None, overrides), tmp_path / "plain").train_step()
+    dual = load_config(None, [*overrides, "algorithm.dual_clip=1.001"])
+    clipped = Trainer(dual, tmp_path / "dual").train_step()
+    assert plain["actor/dual_clipfrac"] == 0.0
+    assert plain["actor/ratio_mean"] != pytest.approx(1.0, abs=1e-7)
+    # a mean over the two epochs' updates, and the first (ratios exactly 1) caps nothing
+    assert 0.0 < clipped["actor/dual_clipfrac"] <= 0.5

@@ -29,15 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from tppo.config import ConfigError, TPPOConfig, load_config
-from tppo.metrics import read_metrics
+from tppo.metrics import PHASES, read_metrics
 
-PHASES = {  # metric key -> label, in the paper's Fig. 4 order
-    "time/generate_s": "generation",
-    "time/reward_s": "reward",
-    "time/score_s": "old log-probs + values",
-    "time/actor_s": "actor update",
-    "time/critic_s": "critic update",
-}
 DONE_MARKER = "bench_done.json"
 DEFAULT_TARGET_RULE = "the highest accuracy every run reached after training began"
 
@@ -224,20 +217,30 @@ def _lengths(rows: Sequence[dict[str, Any]]) -> list[int]:
     return [length for r in rows for length in r.get("response_length/values") or []]
 
 
+METHOD_FIGURES = (
+    "time_to_target_s",
+    "final_accuracy",
+    "peak_accuracy",
+    "generated_tokens_per_s",
+    "slot_utilization",
+    "step_s_mean",
+    "finished_responses",
+    "generate_s_per_finished",
+    "bootstrap_error_abs",
+    "bootstrap_error_signed",
+    "policy_versions_mean",
+    "stale_value_token_frac",
+    "tail_adv_abs_mean",
+    "rest_adv_abs_mean",
+)
+"""Per-run figures a method's summary gives as mean and spread over its seeds."""
+
+
 def analyze(
     report_dir: Path, chosen: Sequence[Method], seeds: Sequence[int], *, target_accuracy: float | None = None
 ) -> dict[str, Any]:
     """Read every run's metrics and compute the bench's summary (see the module docstring)."""
-    rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    slots: dict[tuple[str, int], int] = {}
-    for method in chosen:
-        for seed in seeds:
-            run_dir = report_dir / "runs" / method.name / f"seed{seed}"
-            if (run_dir / "metrics.jsonl").exists():
-                rows[method.name, seed] = read_metrics(run_dir / "metrics.jsonl")
-                slots[method.name, seed] = _num_slots(run_dir)
-    if not rows:
-        raise FileNotFoundError(f"no finished runs under {report_dir / 'runs'}")
+    rows, slots = _read_runs(report_dir, chosen, seeds)
     peaks = [max(r["eval/accuracy"] for r in evals) for evals in map(trained_evals, rows.values()) if evals]
     if target_accuracy is None and not peaks:
         raise ValueError("the runs logged no eval/accuracy; set trainer.eval_every > 0 or give a target")
@@ -260,50 +263,16 @@ def analyze(
     }
     for method in chosen:
         per_seed = {seed: runs[method.name, seed] for seed in seeds if (method.name, seed) in runs}
-        out["methods"][method.name] = {
-            "label": method.label,
-            "window": method.window,
-            "runs": {str(s): r for s, r in per_seed.items()},
-            **{
-                key: mean_and_spread([r[key] for r in per_seed.values() if r[key] is not None])
-                for key in (
-                    "time_to_target_s",
-                    "final_accuracy",
-                    "peak_accuracy",
-                    "generated_tokens_per_s",
-                    "slot_utilization",
-                    "step_s_mean",
-                    "finished_responses",
-                    "generate_s_per_finished",
-                    "bootstrap_error_abs",
-                    "bootstrap_error_signed",
-                    "policy_versions_mean",
-                    "stale_value_token_frac",
-                    "tail_adv_abs_mean",
-                    "rest_adv_abs_mean",
-                )
-            },
-            "phase_share": {
-                label: statistics.fmean(r["phase_share"][label] or 0.0 for r in per_seed.values())
-                for label in PHASES.values()
-            }
-            if per_seed
-            else {},
-            "reached_target": sum(r["time_to_target_s"] is not None for r in per_seed.values()),
-        }
+        out["methods"][method.name] = method_summary(method, per_seed)
         if method.is_ppo:
             continue
-        ratios, gen_ratios = [], []
-        for seed in seeds:
-            base, ours = runs.get((ppo.name, seed)), runs.get((method.name, seed))
-            if base is None or ours is None:
-                continue
-            if base["time_to_target_s"] and ours["time_to_target_s"]:
-                ratios.append(base["time_to_target_s"] / ours["time_to_target_s"])
-            if base["decode_steps_per_finished"] and ours["decode_steps_per_finished"]:
-                gen_ratios.append(base["decode_steps_per_finished"] / ours["decode_steps_per_finished"])
-        out["speedup_to_target"][method.name] = mean_and_spread(ratios)
-        measured = mean_and_spread(gen_ratios)
+        pairs = [
+            (runs[ppo.name, s], runs[method.name, s])
+            for s in seeds
+            if (ppo.name, s) in runs and s in per_seed
+        ]
+        out["speedup_to_target"][method.name] = mean_and_spread(_ratios(pairs, "time_to_target_s"))
+        measured = mean_and_spread(_ratios(pairs, "decode_steps_per_finished"))
         out["measured_generation_speedup"][method.name] = measured
         if ppo_lengths and ppo_slots:
             s_gen = ideal_generation_speedup(ppo_lengths, window=method.window, batch_size=ppo_slots)
@@ -313,6 +282,51 @@ def analyze(
             )
     (report_dir / "summary.json").write_text(json.dumps(out, indent=2))
     return out
+
+
+def _read_runs(
+    report_dir: Path, chosen: Sequence[Method], seeds: Sequence[int]
+) -> tuple[dict[tuple[str, int], list[dict[str, Any]]], dict[tuple[str, int], int]]:
+    """The metrics rows and the slot count of every run under ``report_dir`` that has metrics."""
+    rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    slots: dict[tuple[str, int], int] = {}
+    for method in chosen:
+        for seed in seeds:
+            run_dir = report_dir / "runs" / method.name / f"seed{seed}"
+            if (run_dir / "metrics.jsonl").exists():
+                rows[method.name, seed] = read_metrics(run_dir / "metrics.jsonl")
+                slots[method.name, seed] = _num_slots(run_dir)
+    if not rows:
+        raise FileNotFoundError(f"no finished runs under {report_dir / 'runs'}")
+    return rows, slots
+
+
+def method_summary(method: Method, per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One method's runs (``per_seed``: :func:`run_summary` by seed): each of
+    :data:`METHOD_FIGURES` as mean and spread over seeds, the mean phase shares, and how many runs
+    reached the target."""
+    return {
+        "label": method.label,
+        "window": method.window,
+        "runs": {str(s): r for s, r in per_seed.items()},
+        **{
+            key: mean_and_spread([r[key] for r in per_seed.values() if r[key] is not None])
+            for key in METHOD_FIGURES
+        },
+        "phase_share": {
+            label: statistics.fmean(r["phase_share"][label] or 0.0 for r in per_seed.values())
+            for label in PHASES.values()
+        }
+        if per_seed
+        else {},
+        "reached_target": sum(r["time_to_target_s"] is not None for r in per_seed.values()),
+    }
+
+
+def _ratios(pairs: Sequence[tuple[dict[str, Any], dict[str, Any]]], key: str) -> list[float]:
+    """``baseline[key] / run[key]`` for each ``(baseline, run)`` pair of the same seed where both
+    are known and non-zero."""
+    return [base[key] / ours[key] for base, ours in pairs if base[key] and ours[key]]
 
 
 def _num_slots(run_dir: Path) -> int:

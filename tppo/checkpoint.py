@@ -236,10 +236,6 @@ def truncate_lines(path: Path, lines: int) -> int:
     return complete
 
 
-def fsync_path(path: Path) -> None:
-    _fsync_file(path)
-
-
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

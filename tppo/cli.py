@@ -25,7 +25,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.overwrite and output_dir.exists():
         check_inputs(load_config(args.config, args.overrides))  # a bad config deletes nothing
         shutil.rmtree(output_dir)
-    from tppo.checkpoint import latest_checkpoint, read_state
+    from tppo.checkpoint import latest_checkpoint
 
     checkpoint = latest_checkpoint(output_dir / "checkpoints")
     holds_run = (output_dir / "metrics.jsonl").exists() or checkpoint is not None
@@ -40,19 +40,9 @@ def _train(args: argparse.Namespace) -> int:
             "or choose another --output-dir"
         )
     if checkpoint is not None:
-        from tppo.checkpoint import STATE_FILE, config_changes
-        from tppo.config import to_dict
+        from tppo.resume import check_resumable
 
-        if not (checkpoint / STATE_FILE).is_file():
-            raise ConfigError(
-                f"checkpoint {str(checkpoint)!r} holds weights only (remote training workers wrote it) and "
-                "cannot be resumed; pass --overwrite or choose another --output-dir"
-            )
-        changes = config_changes(read_state(checkpoint)["config"], to_dict(config))
-        if changes:
-            raise ConfigError(
-                f"cannot resume from {str(checkpoint)!r} with a different config: {'; '.join(changes)}"
-            )
+        check_resumable(checkpoint, config)
         print(f"resuming from {checkpoint}", file=sys.stderr)
     from tppo.plotting import plot_runs
     from tppo.trainer import Trainer, TrainingError

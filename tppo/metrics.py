@@ -11,6 +11,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+PHASES = {  # metric key -> label, in the paper's Fig. 4 order
+    "time/generate_s": "generation",
+    "time/reward_s": "reward",
+    "time/score_s": "old log-probs + values",
+    "time/actor_s": "actor update",
+    "time/critic_s": "critic update",
+}
+"""The timed phases of a step that the bench compares (``PhaseTimer`` metric key -> label)."""
+
 
 class PhaseTimer:
     """``with timer("generate"): ...`` accumulates wall-clock seconds per named phase."""

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from tppo.bench import PHASES
-from tppo.metrics import read_metrics
+from tppo.metrics import PHASES, read_metrics
 
 
 def _series(
@@ -76,10 +77,34 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 def plot_bench(report_dir: Path, summary: dict) -> list[Path]:
     """The bench's figures: accuracy and reward vs time and step, phase times, lengths, diagnostics."""
     runs = _bench_rows(report_dir, summary)
-    colors = {name: f"C{i}" for i, name in enumerate(summary["methods"])}
-    labels = {name: method["label"] for name, method in summary["methods"].items()}
-    paths = []
+    style = _Style(
+        colors={name: f"C{i}" for i, name in enumerate(summary["methods"])},
+        labels={name: method["label"] for name, method in summary["methods"].items()},
+    )
+    return [
+        _plot_accuracy(runs, summary["target_accuracy"], style, report_dir / "accuracy.png"),
+        _plot_phases(summary, style, report_dir / "phases.png"),
+        _plot_lengths(runs, style, report_dir / "lengths.png"),
+        _plot_diagnostics(runs, style, report_dir / "diagnostics.png"),
+    ]
 
+
+@dataclass(frozen=True)
+class _Style:
+    """One colour and one label per method, the same in every figure."""
+
+    colors: dict[str, str]
+    labels: dict[str, str]
+
+    def line(
+        self, ax: Any, name: str, seed_index: int, xs: list[float], ys: list[float], **kwargs: Any
+    ) -> None:
+        """One seed's line; only a method's first seed puts its label in the legend."""
+        label = self.labels[name] if seed_index == 0 else None
+        ax.plot(xs, ys, color=self.colors[name], lw=1.2, label=label, **kwargs)
+
+
+def _plot_accuracy(runs: dict[str, list[list[dict]]], target: float, style: _Style, path: Path) -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     panels = [
         (axes[0][0], "eval/accuracy", "time/train_elapsed_s", "held-out accuracy", 1),
@@ -91,71 +116,65 @@ def plot_bench(report_dir: Path, summary: dict) -> list[Path]:
         for name, seeds in runs.items():
             for i, rows in enumerate(seeds):
                 xs, ys = _series(rows, key, x_key)
-                ax.plot(
-                    xs,
-                    _smooth(ys, window),
-                    color=colors[name],
-                    alpha=0.8,
-                    lw=1.2,
-                    marker="o" if window == 1 else None,
-                    ms=3,
-                    label=labels[name] if i == 0 else None,
-                )
+                marker = "o" if window == 1 else None
+                style.line(ax, name, i, xs, _smooth(ys, window), alpha=0.8, marker=marker, ms=3)
         if key == "eval/accuracy":
-            ax.axhline(summary["target_accuracy"], color="grey", ls="--", lw=1, label="target")
+            ax.axhline(target, color="grey", ls="--", lw=1, label="target")
         ax.set(xlabel="training wall-clock (s)" if x_key != "step" else "step", ylabel=ylabel)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle("T-PPO vs PPO: every seed, one line each")
-    paths.append(_save(fig, report_dir / "accuracy.png"))
+    return _save(fig, path)
 
+
+def _plot_phases(summary: dict, style: _Style, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     names = list(summary["methods"])
     bottoms = [0.0] * len(names)
-    phase_labels = list(PHASES.values())
-    for j, phase in enumerate(phase_labels):
+    for j, phase in enumerate(PHASES.values()):
         heights = [
             _mean([r["phase_s_mean"][phase] or 0.0 for r in summary["methods"][n]["runs"].values()])
             for n in names
         ]
-        ax.bar([labels[n] for n in names], heights, bottom=bottoms, label=phase, color=f"C{j}")
+        ax.bar([style.labels[n] for n in names], heights, bottom=bottoms, label=phase, color=f"C{j}")
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
     ax.set(ylabel="seconds per step (mean)", title="Where a step's time goes")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3, axis="y")
-    paths.append(_save(fig, report_dir / "phases.png"))
+    return _save(fig, path)
 
+
+def _plot_lengths(runs: dict[str, list[list[dict]]], style: _Style, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name, seeds in runs.items():
         for i, rows in enumerate(seeds):
             xs, ys = _series(rows, "response_length/mean", "step")
-            ax.plot(xs, _smooth(ys, 5), color=colors[name], lw=1.2, label=labels[name] if i == 0 else None)
+            style.line(ax, name, i, xs, _smooth(ys, 5))
     ax.set(xlabel="step", ylabel="finished response length (tokens, smoothed)", title="Response length")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    paths.append(_save(fig, report_dir / "lengths.png"))
+    return _save(fig, path)
 
+
+def _plot_diagnostics(runs: dict[str, list[list[dict]]], style: _Style, path: Path) -> Path:
     fig, (err_ax, stale_ax) = plt.subplots(1, 2, figsize=(12, 4.2))
     for name, seeds in runs.items():
         if name == "ppo":
             continue
         for i, rows in enumerate(seeds):
-            xs, ys = _series(rows, "diagnostics/bootstrap_error_signed", "step")
-            err_ax.plot(
-                xs, _smooth(ys, 5), color=colors[name], lw=1.2, label=labels[name] if i == 0 else None
-            )
-            xs, ys = _series(rows, "diagnostics/stale_value_token_frac", "step")
-            stale_ax.plot(
-                xs, _smooth(ys, 5), color=colors[name], lw=1.2, label=labels[name] if i == 0 else None
-            )
+            for ax, key in (
+                (err_ax, "diagnostics/bootstrap_error_signed"),
+                (stale_ax, "diagnostics/stale_value_token_frac"),
+            ):
+                xs, ys = _series(rows, key, "step")
+                style.line(ax, name, i, xs, _smooth(ys, 5))
     err_ax.axhline(0.0, color="grey", lw=1)
     err_ax.set(xlabel="step", ylabel="V(s_b-1) - eventual return", title="Bootstrap error at window edges")
     stale_ax.set(xlabel="step", ylabel="fraction", title="Value tokens generated by an older policy")
     for ax in (err_ax, stale_ax):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    paths.append(_save(fig, report_dir / "diagnostics.png"))
-    return paths
+    return _save(fig, path)
 
 
 def _mean(values: list[float]) -> float:

@@ -1,13 +1,15 @@
-"""What a trainer checkpoint holds and how a trainer resumes from one (the file handling is
+"""What a trainer checkpoint holds, how it is written and read back (the file handling is
 :mod:`tppo.checkpoint`'s).
 
 A checkpoint ``checkpoints/step_N/`` holds everything step ``N`` reads: policy and value weights
-(Hugging Face format, ``policy/`` and ``value/``), both optimizers' states, the slot pool (every
-unfinished response: tokens, log-probs, the step of each token, bootstrap records) with the prompt
-stream position, the RNG states (Python, NumPy, torch, the learner's update shuffles, the rollout
-engine's sampling), the step counter, the training wall-clock, the count of consecutive non-finite
-updates, the number of ``metrics.jsonl`` rows written, and the config. Resuming restores all of it,
-so the resumed steps compute exactly what the uninterrupted run's did.
+(Hugging Face format, ``policy/`` and ``value/``), both optimizers' states, the RNG states (Python,
+NumPy, torch, the learner's update shuffles, the rollout engine's sampling) and the trainer's own
+state (:meth:`tppo.trainer.Trainer.state_dict`: the slot pool with every unfinished response and
+the prompt stream position, the step counter, the training wall-clock, the count of consecutive
+non-finite updates, the number of ``metrics.jsonl`` rows written, and the config). Resuming
+restores all of it, so the resumed steps compute exactly what the uninterrupted run's did.
+
+This module knows the learner and a trainer's state as a dict; it never sees the trainer itself.
 
 Resumable checkpoints need the in-process learner; with remote training workers
 (``distributed.train_workers > 0``) a checkpoint holds the weights only (its optimizers are sharded
@@ -18,122 +20,122 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tppo.checkpoint import (
+    STATE_FILE,
     CheckpointError,
     config_changes,
     latest_checkpoint,
     load_model_weights,
+    read_state,
     read_training_state,
     rng_state,
     set_rng_state,
-    truncate_lines,
     write_checkpoint,
     write_training_state,
 )
-from tppo.config import ConfigError, to_dict
-from tppo.learner import Learner
-from tppo.metrics import MetricsLogger
+from tppo.config import ConfigError, TPPOConfig, to_dict
 
 if TYPE_CHECKING:
-    from tppo.trainer import Trainer
+    from tppo.learner import LearnerRole
 
 log = logging.getLogger(__name__)
 
+ENGINE_RNG = "engine_rng"
+"""The key of a trainer state holding the rollout engine's RNG state (saved in ``rng.pt``, not in
+the JSON state file)."""
 
-def save_trainer_checkpoint(trainer: Trainer, logger: MetricsLogger) -> Path | None:
-    """Write ``checkpoints/step_N`` atomically, keeping the newest ``trainer.keep_checkpoints``.
+
+def check_resumable(checkpoint: Path, config: TPPOConfig) -> None:
+    """Refuse (:class:`~tppo.config.ConfigError`) a checkpoint that ``config`` cannot continue: one
+    that holds weights only (remote training workers wrote it), or one written with a config that
+    differs in a key a resumed run may not change (:data:`tppo.checkpoint.RESUMABLE_CHANGES`).
+    Reads only the small state file, so it runs before anything heavy loads."""
+    if not (checkpoint / STATE_FILE).is_file():
+        raise ConfigError(
+            f"checkpoint {str(checkpoint)!r} holds weights only (remote training workers wrote it) and "
+            "cannot be resumed; pass --overwrite or choose another --output-dir"
+        )
+    changes = config_changes(read_state(checkpoint)["config"], to_dict(config))
+    if changes:
+        raise ConfigError(
+            f"cannot resume from {str(checkpoint)!r} with a different config: {'; '.join(changes)}"
+        )
+
+
+def save_checkpoint(
+    root: Path, learner: LearnerRole, state: dict[str, Any], *, step: int, keep: int
+) -> Path | None:
+    """Write ``root/step_N`` atomically (the learner's weights and optimizers, the RNG states, and
+    the trainer ``state``), keeping the newest ``keep``.
 
     Not written (logged, ``None`` returned; the previous checkpoint stays the newest): when the
     weights hold a non-finite value, or when the write fails (disk full, read-only, ...).
     """
-    if trainer.checkpointed_step == trainer.step:
-        return latest_checkpoint(trainer.checkpoint_dir)
-    learner = trainer.learner
-    if isinstance(learner, Learner):
-        bad = [
-            f"{role}.{name}"
-            for role, model in (("policy", learner.models.policy), ("value", learner.models.value))
-            for name, weight in model.named_parameters()
-            if not bool(torch.isfinite(weight).all())
-        ]
-        if bad:
-            log.error("not writing a checkpoint at step %d: non-finite weights (%s)", trainer.step, bad[:3])
-            return None
-    logger.sync()
-    trainer.metrics_rows = logger.rows
+    bad = _nonfinite_weights(learner)
+    if bad:
+        log.error("not writing a checkpoint at step %d: non-finite weights (%s)", step, bad[:3])
+        return None
     try:
         path = write_checkpoint(
-            trainer.checkpoint_dir,
-            trainer.step,
-            lambda directory: _write_state(trainer, directory),
-            keep=trainer.config.trainer.keep_checkpoints,
+            root, step, lambda directory: _write_state(learner, state, directory), keep=keep
         )
     except CheckpointError as error:
-        previous = latest_checkpoint(trainer.checkpoint_dir)
+        previous = latest_checkpoint(root)
         log.error("%s; the previous checkpoint (%s) is still the one to resume from", error, previous)
         return None
-    trainer.checkpointed_step = trainer.step
     log.info("checkpoint written: %s", path)
     return path
 
 
-def _write_state(trainer: Trainer, directory: Path) -> None:
-    trainer.save(directory)  # policy/ and value/ in Hugging Face format
-    learner = trainer.learner
-    if not isinstance(learner, Learner):
-        return  # weights only: the optimizers live, sharded, in the training workers
-    rng = rng_state({"update": learner.update_generator})
-    rng["engine"] = trainer.engine.get_rng_state()
-    write_training_state(
-        directory,
-        optimizers={"actor": learner.actor_optim, "critic": learner.critic_optim},
-        rng=rng,
-        state={
-            "step": trainer.step,
-            "train_seconds": trainer.train_seconds,
-            "metrics_rows": trainer.metrics_rows,
-            "bad_steps": trainer.bad_steps,
-            "pool": trainer.pool.state_dict(),
-            "config": to_dict(trainer.config),
-        },
-    )
+def load_checkpoint(checkpoint: Path, learner: LearnerRole, config: TPPOConfig) -> dict[str, Any]:
+    """Restore ``learner`` (weights, optimizers, update shuffles) and the global RNGs from
+    ``checkpoint`` (verified by :func:`tppo.checkpoint.latest_checkpoint`) after
+    :func:`check_resumable`; returns the trainer state to hand to ``Trainer.load_state_dict``."""
+    from tppo.learner import Learner
 
-
-def resume_trainer(trainer: Trainer, checkpoint: Path | None) -> None:
-    """Restore ``trainer`` from ``checkpoint`` (verified by :func:`tppo.checkpoint.latest_checkpoint`)
-    and cut ``metrics.jsonl`` back to the rows it had written. ``None``: start this run again from
-    step 0 in the same directory (its metrics are dropped)."""
-    metrics = trainer.output_dir / "metrics.jsonl"
-    trainer.resumed_from = checkpoint or trainer.output_dir
-    if checkpoint is None:
-        truncate_lines(metrics, 0)
-        return
-    learner = trainer.learner
     if not isinstance(learner, Learner):
         raise CheckpointError(
             "resuming needs the in-process learner (distributed.train_workers = 0): the checkpoints of "
             "remote training workers hold weights only"
         )
+    check_resumable(checkpoint, config)
     optimizers, rng, state = read_training_state(checkpoint)
-    changes = config_changes(state["config"], to_dict(trainer.config))
-    if changes:
-        raise ConfigError(
-            f"cannot resume from {str(checkpoint)!r} with a different config: {'; '.join(changes)}"
-        )
     load_model_weights(learner.models.policy, checkpoint / "policy")
     load_model_weights(learner.models.value, checkpoint / "value")
     learner.actor_optim.load_state_dict(optimizers["actor"])
     learner.critic_optim.load_state_dict(optimizers["critic"])
-    trainer.pool.load_state_dict(state["pool"])
     set_rng_state(rng, {"update": learner.update_generator})
-    trainer.engine.set_rng_state(rng["engine"])
-    trainer.step, trainer.train_seconds = int(state["step"]), float(state["train_seconds"])
-    trainer.bad_steps = dict(state["bad_steps"])
-    trainer.metrics_rows = int(state["metrics_rows"])
-    truncate_lines(metrics, trainer.metrics_rows)
-    trainer.checkpointed_step = trainer.step
-    log.warning("resumed from %s at step %d", checkpoint, trainer.step)
+    return {**state, ENGINE_RNG: rng["engine"]}
+
+
+def _nonfinite_weights(learner: LearnerRole) -> list[str]:
+    from tppo.learner import Learner
+
+    if not isinstance(learner, Learner):
+        return []  # the weights live in the training workers
+    return [
+        f"{role}.{name}"
+        for role, model in (("policy", learner.models.policy), ("value", learner.models.value))
+        for name, weight in model.named_parameters()
+        if not bool(torch.isfinite(weight).all())
+    ]
+
+
+def _write_state(learner: LearnerRole, state: dict[str, Any], directory: Path) -> None:
+    from tppo.learner import Learner
+
+    learner.save(directory)  # policy/ and value/ in Hugging Face format
+    if not isinstance(learner, Learner):
+        return  # weights only: the optimizers live, sharded, in the training workers
+    rng = rng_state({"update": learner.update_generator})
+    rng["engine"] = state[ENGINE_RNG]
+    write_training_state(
+        directory,
+        optimizers={"actor": learner.actor_optim, "critic": learner.critic_optim},
+        rng=rng,
+        state={key: value for key, value in state.items() if key != ENGINE_RNG},
+    )

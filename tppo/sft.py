@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import yaml
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from tppo.config_loader import (
     ConfigError,
@@ -57,6 +57,10 @@ from tppo.config_loader import (
     parse_overrides,
     require,
 )
+from tppo.engines import Engine, HFEngine, SamplingParams
+from tppo.evaluation import evaluate
+from tppo.rewards import score_responses
+from tppo.rollout.prompts import PromptRow
 from tppo.schedules import lr_multiplier, run_progress
 from tppo.tasks import Example, Task, get_task
 from tppo.tasks.char_tokenizer import build_char_tokenizer
@@ -270,86 +274,98 @@ def evaluate_accuracy(
     seed: int,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Sample one response per example and score it with ``task.reward``.
+    """Sample one response per example with ``model`` and score it with ``task.reward``: the
+    rollout engine training uses (:class:`~tppo.engines.HFEngine`, its sampling generator seeded
+    with ``seed``; the global torch RNG is left alone), driven by :func:`engine_accuracy`."""
+    engine = HFEngine(
+        model,
+        eos_token_ids=[tokenizer.eos_token_id],
+        pad_token_id=tokenizer.pad_token_id,
+        seed=seed,
+        max_batch_size=batch_size,
+    )
+    return engine_accuracy(
+        engine,
+        tokenizer,
+        task,
+        examples,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+    )
 
-    Examples are batched in order of their reference length (so a batch rarely waits for one long
-    response), left-padded and continued with ``model.generate`` (``temperature`` 0: greedy; else
-    plain sampling at that temperature, no top-k or top-p). A response is the generated text up
-    to its first EOS; one with no EOS within ``max_new_tokens`` is truncated and scored as written.
-    The global torch RNG is left as it was.
+
+def engine_accuracy(
+    engine: Engine,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """One response per example from ``engine``, through :func:`tppo.evaluation.evaluate` (as the
+    trainer evaluates), scored with ``task.reward``.
+
+    Examples go to the engine ``batch_size`` at a time in order of their reference length (so a
+    batch rarely waits for one long response); ``temperature`` 0 is greedy, else plain sampling at
+    that temperature (no top-k or top-p). A response is the generated text up to its EOS; one with
+    no EOS within ``max_new_tokens`` is truncated and scored as written.
 
     Returns:
         ``accuracy`` (mean reward), ``num_examples``, ``per_bucket`` (by the reference solution's
         length: ``{"17-32": {"num_examples", "accuracy"}}``), ``truncated_fraction``,
-        ``mean_response_tokens``, ``rewards`` (in the order of ``examples``), ``responses`` and
-        ``seconds``.
+        ``mean_response_tokens`` (EOS not counted), ``rewards`` (in the order of ``examples``),
+        ``responses`` and ``seconds``.
     """
     started = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    if temperature > 0:
-        generation_config = GenerationConfig(
-            do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens
-        )
-    else:
-        generation_config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens)
-    generation_config.eos_token_id = tokenizer.eos_token_id
-    generation_config.pad_token_id = tokenizer.pad_token_id
-    generation_config.bos_token_id = None
-
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].solution))
-    responses: list[str] = [""] * len(examples)
-    truncated = [False] * len(examples)
-    num_tokens = [0] * len(examples)
-    starts = range(0, len(order), batch_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for start in tqdm(starts, desc="eval", leave=False, disable=not progress):
-            indices = order[start : start + batch_size]
-            prompts = [tokenizer.encode(examples[i].prompt, add_special_tokens=False) for i in indices]
-            width = max(len(p) for p in prompts)
-            input_ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-            for row, ids in enumerate(prompts):  # left padding
-                input_ids[row, width - len(ids) :] = torch.tensor(ids)
-                attention_mask[row, width - len(ids) :] = 1
-            output = model.generate(  # type: ignore[operator]
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                generation_config=generation_config,
-            )
-            generated = output[:, width:].tolist()
-            for row, i in enumerate(indices):
-                tokens = generated[row]
-                if tokenizer.eos_token_id in tokens:
-                    tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
-                else:
-                    truncated[i] = True
-                num_tokens[i] = len(tokens)
-                responses[i] = str(tokenizer.decode(tokens, skip_special_tokens=True))
-    model.train(was_training)
-
-    rewards = [task.reward(responses[i], ex.answer) for i, ex in enumerate(examples)]
-    per_bucket: dict[str, dict[str, float]] = {}
-    for low, high in LENGTH_BUCKETS:
-        in_bucket = [r for r, ex in zip(rewards, examples, strict=True) if low <= len(ex.solution) <= high]
-        if in_bucket:
-            per_bucket[f"{low}-{high}"] = {
-                "num_examples": len(in_bucket),
-                "accuracy": sum(in_bucket) / len(in_bucket),
-            }
+    rows = [
+        PromptRow(tuple(tokenizer.encode(examples[i].prompt, add_special_tokens=False)), examples[i].answer)
+        for i in order
+    ]
+    with tqdm(total=len(rows), desc="eval", leave=False, disable=not progress) as bar:
+        result = evaluate(
+            engine,
+            tokenizer,
+            lambda responses, answers: score_responses(task.reward, responses, answers),
+            rows,
+            sampling=SamplingParams(temperature=temperature),
+            max_response_length=max_new_tokens,
+            prompts_per_batch=batch_size,
+            on_batch=lambda _, n: bar.update(n),
+        )
+    row_of = {example: row for row, example in enumerate(order)}
+    rewards = [result.scores[row_of[i]][0] for i in range(len(examples))]
+    truncated = [result.truncated[row_of[i]][0] for i in range(len(examples))]
+    num_tokens = [result.lengths[row_of[i]][0] - (not cut) for i, cut in enumerate(truncated)]
     count = max(1, len(examples))
     return {
         "accuracy": sum(rewards) / count,
         "num_examples": len(examples),
-        "per_bucket": per_bucket,
+        "per_bucket": _per_bucket(rewards, examples),
         "truncated_fraction": sum(truncated) / count,
         "mean_response_tokens": sum(num_tokens) / count,
         "rewards": rewards,
-        "responses": responses,
+        "responses": [result.responses[row_of[i]][0] for i in range(len(examples))],
         "seconds": time.perf_counter() - started,
     }
+
+
+def _per_bucket(rewards: Sequence[float], examples: Sequence[Example]) -> dict[str, dict[str, float]]:
+    """Accuracy by the reference solution's length bucket (:data:`LENGTH_BUCKETS`), non-empty ones."""
+    out: dict[str, dict[str, float]] = {}
+    for low, high in LENGTH_BUCKETS:
+        in_bucket = [r for r, ex in zip(rewards, examples, strict=True) if low <= len(ex.solution) <= high]
+        if in_bucket:
+            out[f"{low}-{high}"] = {
+                "num_examples": len(in_bucket),
+                "accuracy": sum(in_bucket) / len(in_bucket),
+            }
+    return out
 
 
 def length_statistics(examples: Sequence[Example]) -> dict[str, float]:

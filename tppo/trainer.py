@@ -9,7 +9,6 @@ every response then finishes within its step and nothing carries over.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import signal
 import threading
@@ -24,44 +23,32 @@ import torch
 from tqdm import tqdm
 
 from tppo.algorithms import (
-    explained_variance,
     get_advantage_estimator,
-    masked_mean,
     masked_whiten,
     monte_carlo_returns,
     outcome_rewards,
     select_tokens,
 )
-from tppo.checkpoint import latest_checkpoint
-from tppo.config import TPPOConfig, save_config
+from tppo.checkpoint import latest_checkpoint, truncate_lines
+from tppo.config import TPPOConfig, save_config, to_dict
 from tppo.config_checks import check_inputs, check_names
 from tppo.data import build_data
-from tppo.diagnostics import (
-    bootstrap_errors,
-    policy_versions,
-    stale_token_fraction,
-    summarize_errors,
-    tail_advantage_stats,
-)
 from tppo.engines import SamplingParams
 from tppo.evaluation import EvalResult, evaluate
 from tppo.faults import crash_point
 from tppo.learner import Learner
 from tppo.metrics import MetricsLogger, PhaseTimer, read_metrics
 from tppo.models import Models, load_vocabulary
-from tppo.resume import resume_trainer, save_trainer_checkpoint
+from tppo.resume import ENGINE_RNG, load_checkpoint, save_checkpoint
 from tppo.rewards import build_scorer
 from tppo.roles import build_learner, build_rollout
 from tppo.rollout.batch import RolloutBatch, collate
 from tppo.rollout.prompts import PromptStream
 from tppo.rollout.slot_pool import Slot, SlotPool
 from tppo.schedules import expected_total_steps, lr_multiplier, run_progress
+from tppo.step_metrics import headline, step_metrics, worker_metrics
 
 log = logging.getLogger(__name__)
-
-DIAGNOSTIC_TAIL = 8
-"""Tokens at each window edge whose advantages ``diagnostics/tail_adv_*`` report when
-``algorithm.policy_skip_tail`` is 0 (with it set, the tail is what it skips)."""
 
 
 class TrainingError(RuntimeError):
@@ -159,9 +146,23 @@ class Trainer:
             critic = self._update_critic(batch)
         retired = self.pool.retire()
         self.step += 1
-        metrics = self._step_metrics(batch, retired, scores, new_prompts, actor, critic)
+        a = self.config.algorithm
+        metrics = step_metrics(
+            batch,
+            retired,
+            scores,
+            step=step,
+            new_prompts=new_prompts,
+            prompts_consumed=self.pool.stream.position,
+            num_slots=self.pool.num_slots,
+            engine=self.engine.pop_stats(),
+            actor=actor,
+            critic=critic,
+            gamma=a.gamma,
+            policy_skip_tail=a.policy_skip_tail,
+        )
         metrics.update(timer.as_metrics())
-        metrics.update(self._worker_metrics(active, step))
+        metrics.update(worker_metrics(self.engine.workers_of(len(active)), active, step))
         metrics["time/step_s"] = sum(timer.seconds.values())
         metrics["reward/errors"], metrics["reward/timeouts"] = reward_problems
         metrics["optim/lr_factor"] = lr_factor
@@ -178,16 +179,6 @@ class Trainer:
         prefixes, budgets = self.pool.requests()
         completions = self.engine.generate(prefixes, budgets, self.sampling)
         self.pool.record(step, completions, self.vocabulary.eos_token_ids)
-
-    def _worker_metrics(self, active: list[Slot], step: int) -> dict[str, int]:
-        """With several rollout workers: how many carried-over responses each one continued."""
-        owners = self.engine.workers_of(len(active))
-        if max(owners, default=0) == 0:
-            return {}
-        carried = [0] * (max(owners) + 1)
-        for owner, slot in zip(owners, active, strict=True):
-            carried[owner] += slot.start_step < step
-        return {f"rollout/carried_worker{i}": n for i, n in enumerate(carried)}
 
     def _reward(self, active: list[Slot]) -> tuple[torch.Tensor, tuple[int, int]]:
         """Scores ``Tensor[B]``: the outcome reward of finished slots, 0 for unfinished ones; and
@@ -264,84 +255,6 @@ class Trainer:
         """Monte-Carlo value regression on finished responses; no finished response, no update."""
         return self.learner.update_critic(batch)
 
-    # ------------------------------------------------------------------ metrics
-    def _step_metrics(
-        self,
-        batch: RolloutBatch,
-        retired: list[Slot],
-        scores: torch.Tensor,
-        new_prompts: int,
-        actor: dict[str, float],
-        critic: dict[str, float],
-    ) -> dict[str, Any]:
-        per_token, finished = batch.per_token, batch.is_finished
-        engine = self.engine.pop_stats()
-        lengths = [len(s.response_ids) for s in retired]
-        k = self.pool.num_slots
-        metrics: dict[str, Any] = {
-            "step": self.step - 1,
-            "rollout/new_prompts": new_prompts,
-            "rollout/carried": len(finished) - new_prompts,
-            "rollout/finished": int(finished.sum()),
-            "rollout/truncated": sum(s.finish == "max_length" for s in retired),
-            "rollout/generated_tokens": engine.generated_tokens,
-            "rollout/decode_steps": engine.decode_steps,
-            "rollout/slot_utilization": engine.generated_tokens / max(k * engine.decode_steps, 1),
-            "rollout/prompts_consumed": self.pool.stream.position,
-            "tokens/policy": int(per_token["policy_mask"].sum()),
-            "tokens/value": int(per_token["value_mask"].sum()),
-            "reward/mean": float(scores[finished].mean()) if finished.any() else math.nan,
-            "response_length/mean": sum(lengths) / len(lengths) if lengths else math.nan,
-            "response_length/max": max(lengths) if lengths else math.nan,
-            "response_length/values": lengths,
-            "advantages/raw_mean": float(masked_mean(per_token["raw_advantages"], per_token["policy_mask"])),
-            "critic/explained_variance": float(
-                explained_variance(per_token["old_values"], per_token["returns"], per_token["value_mask"])
-            )
-            if finished.any()
-            else math.nan,
-        }
-        metrics.update({f"actor/{k}": v for k, v in actor.items()})
-        metrics.update({f"critic/{k}": v for k, v in critic.items()})
-        metrics.update(self._diagnostics(batch, retired, scores))
-        return metrics
-
-    def _diagnostics(
-        self, batch: RolloutBatch, retired: list[Slot], scores: torch.Tensor
-    ) -> dict[str, float]:
-        """Truncation-bias diagnostics of this step (see :mod:`tppo.diagnostics`)."""
-        per_token, step = batch.per_token, self.step - 1
-        finished_scores = scores[batch.is_finished].tolist()
-        errors: list[float] = []
-        for slot, reward in zip(retired, finished_scores, strict=True):
-            errors += bootstrap_errors(
-                list(zip(slot.bootstrap_positions, slot.bootstrap_values, strict=True)),
-                response_length=len(slot.response_ids),
-                reward=reward,
-                gamma=self.config.algorithm.gamma,
-            )
-        summary = summarize_errors(errors)
-        versions = [policy_versions(s.token_steps) for s in retired]
-        out = {
-            "diagnostics/bootstrap_error_abs": summary["abs"],
-            "diagnostics/bootstrap_error_signed": summary["signed"],
-            "diagnostics/bootstrap_edges": float(len(errors)),
-            "diagnostics/policy_versions_mean": sum(versions) / len(versions) if versions else math.nan,
-            "diagnostics/stale_value_token_frac": stale_token_fraction(
-                batch.token_steps, per_token["value_mask"], step=step
-            ),
-        }
-        # the tail: the tokens policy_skip_tail leaves out (the last DIAGNOSTIC_TAIL when it is 0)
-        skip = self.config.algorithm.policy_skip_tail or DIAGNOSTIC_TAIL
-        tail = ~select_tokens(
-            batch.token_steps, batch.response_mask, batch.is_finished, step=step, policy_skip_tail=skip
-        ).policy_mask
-        tails = tail_advantage_stats(
-            per_token["raw_advantages"], batch.response_mask, batch.token_steps, tail, step=step
-        )
-        out.update({f"diagnostics/{k}": v for k, v in tails.items()})
-        return out
-
     # ------------------------------------------------------------------ the loop
     def evaluate(self) -> EvalResult:
         """Held-out accuracy with a fixed sampling seed (the same random stream every time)."""
@@ -409,7 +322,7 @@ class Trainer:
                     max_seconds=t.max_wall_seconds,
                 )
                 bar.update(1)
-                bar.set_postfix(_headline(metrics, last_eval))
+                bar.set_postfix(headline(metrics, last_eval))
             if self.stop_signal is None:
                 self.save_checkpoint(logger)
         finally:
@@ -489,14 +402,60 @@ class Trainer:
         self.learner.save(directory)
 
     # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """The trainer's own state, what a checkpoint adds to the learner's (see :mod:`tppo.resume`):
+        the step counter, training wall-clock, consecutive non-finite update counts, the
+        ``metrics.jsonl`` position, the slot pool with the prompt stream, the config (JSON-able),
+        and the rollout engine's RNG state (under :data:`tppo.resume.ENGINE_RNG`)."""
+        return {
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "metrics_rows": self.metrics_rows,
+            "bad_steps": dict(self.bad_steps),
+            "pool": self.pool.state_dict(),
+            "config": to_dict(self.config),
+            ENGINE_RNG: self.engine.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (the config is checked, not loaded: see
+        :func:`tppo.resume.check_resumable`)."""
+        self.pool.load_state_dict(state["pool"])
+        self.engine.set_rng_state(state[ENGINE_RNG])
+        self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
+        self.bad_steps = dict(state["bad_steps"])
+        self.metrics_rows = int(state["metrics_rows"])
+
     def save_checkpoint(self, logger: MetricsLogger) -> Path | None:
-        """Write ``checkpoints/step_N`` (see :mod:`tppo.resume`); a failed write is logged and
-        returns ``None`` (training goes on, the previous checkpoint still the newest)."""
-        return save_trainer_checkpoint(self, logger)
+        """Write ``checkpoints/step_N`` (see :mod:`tppo.resume`), once per step; a failed write is
+        logged and returns ``None`` (training goes on, the previous checkpoint still the newest)."""
+        if self.checkpointed_step == self.step:
+            return latest_checkpoint(self.checkpoint_dir)
+        logger.sync()
+        self.metrics_rows = logger.rows
+        path = save_checkpoint(
+            self.checkpoint_dir,
+            self.learner,
+            self.state_dict(),
+            step=self.step,
+            keep=self.config.trainer.keep_checkpoints,
+        )
+        if path is not None:
+            self.checkpointed_step = self.step
+        return path
 
     def resume(self, checkpoint: Path | None) -> None:
-        """Continue from ``checkpoint`` (``None``: run again from step 0 in this directory)."""
-        resume_trainer(self, checkpoint)
+        """Continue from ``checkpoint`` and cut ``metrics.jsonl`` back to the rows it had written
+        (``None``: run again from step 0 in this directory, its metrics dropped)."""
+        self.resumed_from = checkpoint or self.output_dir
+        metrics = self.output_dir / "metrics.jsonl"
+        if checkpoint is None:
+            truncate_lines(metrics, 0)
+            return
+        self.load_state_dict(load_checkpoint(checkpoint, self.learner, self.config))
+        truncate_lines(metrics, self.metrics_rows)
+        self.checkpointed_step = self.step
+        log.warning("resumed from %s at step %d", checkpoint, self.step)
 
     def close(self) -> None:
         """Release the roles (remote workers, engine processes, the reward worker)."""
@@ -514,14 +473,3 @@ def _record_bootstraps(active: list[Slot], batch: RolloutBatch) -> None:
             position = int(lengths[row]) - 1
             slot.bootstrap_positions.append(position)
             slot.bootstrap_values.append(float(values[row, position]))
-
-
-def _headline(metrics: dict[str, Any], last_eval: float | None) -> dict[str, str]:
-    out = {
-        "reward": f"{metrics['reward/mean']:.3f}",
-        "carried": str(metrics["rollout/carried"]),
-        "step_s": f"{metrics['time/step_s']:.1f}",
-    }
-    if last_eval is not None:
-        out["eval_acc"] = f"{last_eval:.3f}"
-    return out

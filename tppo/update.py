@@ -52,9 +52,6 @@ class Shard:
     rank: int = 0
     world_size: int = 1
 
-    def as_kwargs(self) -> dict[str, int]:
-        return {"rank": self.rank, "world_size": self.world_size}
-
 
 def run_update(
     model: PreTrainedModel,
@@ -65,7 +62,6 @@ def run_update(
     loss_fn: LossFn,
     schedule: UpdateSchedule,
     generator: torch.Generator,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     shard: Shard = Shard(),
 ) -> dict[str, float]:
     """Train ``model`` on the rows of ``batch`` that have tokens in ``batch.per_token[mask_key]``.
@@ -86,8 +82,6 @@ def run_update(
             stats = _minibatch_step(model, optimizer, batch, minibatch, mask_key, loss_fn, schedule, shard)
             for key, value in stats.items():
                 totals[key].append(value)
-            if scheduler is not None:
-                scheduler.step()
     out = {key: sum(values) / len(values) for key, values in totals.items()}
     out["updates"] = float(len(totals["grad_norm"]))
     out["skipped_updates"] = float(sum(totals["skipped_nonfinite"]))
@@ -193,7 +187,9 @@ def actor_loss_fn(
             "clipfrac_upper": float(out.clipfrac_upper),
             "clipfrac_lower": float(out.clipfrac_lower),
             "approx_kl": float(out.approx_kl),
+            "ratio_mean": float(out.ratio_mean),
             "ratio_max": float(out.ratio_max),
+            "dual_clipfrac": float(out.dual_clipfrac),
             "entropy": ent,
         }
         return out.loss, stats
@@ -220,6 +216,8 @@ def critic_loss_fn(*, value_clip_low: float, value_clip_high: float) -> LossFn:
             "loss": float(out.loss.detach()) * token_count / max(float(mask.sum()), 1.0),
             "clipfrac": float(out.clipfrac),
             "mean_abs_error": float(out.mean_abs_error),
+            "values_mean": float(out.values_mean),
+            "returns_mean": float(out.returns_mean),
         }
         return out.loss, stats
 

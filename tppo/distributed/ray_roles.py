@@ -24,6 +24,7 @@ import torch
 from tppo.algorithms import shard_rows
 from tppo.config import DistributedConfig, TPPOConfig, WorkerResources
 from tppo.distributed.fsdp import device_mesh, free_port, init_process_group, shard_model
+from tppo.engines import get_engine_factory
 from tppo.engines.base import Completion, Engine, EngineStats, SamplingParams
 from tppo.learner import Learner
 from tppo.models import load_models, load_policy, load_vocabulary
@@ -66,11 +67,10 @@ class RolloutWorker:
     """One Ray actor holding a rollout engine over its own copy of the policy."""
 
     def __init__(self, config: TPPOConfig, index: int) -> None:
-        from tppo.roles import build_engine  # here: roles imports this module lazily
-
         _set_threads(config.distributed.rollout)
         vocabulary = load_vocabulary(config.model)
-        self.engine = build_engine(
+        # the configured engine, as tppo.roles builds it in process (that module wires this one)
+        self.engine = get_engine_factory(config.rollout.engine).from_config(
             config, load_policy(config.model), vocabulary, seed=config.trainer.seed + index
         )
         self.index = index
@@ -178,10 +178,6 @@ class RayRolloutGroup(Engine):
         for worker in self.workers:
             ray.kill(worker)
         self.workers = []
-
-
-def _take(rows: list[int], *columns: Sequence[Any]) -> list[list[Any]]:
-    return [[column[i] for i in rows] for column in columns]
 
 
 # ---------------------------------------------------------------------------------------- training

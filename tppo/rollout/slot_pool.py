@@ -54,9 +54,6 @@ class Slot:
         """What the engine continues: prompt + response so far."""
         return [*self.prompt.token_ids, *self.response_ids]
 
-    def tokens_in_step(self, step: int) -> int:
-        return sum(1 for s in self.token_steps if s == step)
-
 
 class SlotPool:
     """K slots over a prompt stream; see the module docstring for the step protocol."""

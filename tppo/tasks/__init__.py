@@ -1,91 +1,30 @@
 """Built-in synthetic verifiable tasks (the offline demo and benchmarks).
 
 A task makes examples (prompt text, reference solution, ground-truth answer) from a seeded RNG
-and scores responses. Tasks are registered by name in :data:`TASKS`.
+and scores responses. Tasks are registered by name in :data:`TASKS` (see :mod:`.base`); importing
+this package registers the built-in ones.
 """
 
-from __future__ import annotations
+from tppo.tasks import collatz as _collatz  # noqa: F401 - registers "collatz"
+from tppo.tasks import lcg as _lcg  # noqa: F401 - registers "lcg"
+from tppo.tasks.base import (
+    EOS_STRING,
+    TASKS,
+    Example,
+    Task,
+    extract_answer,
+    final_answer_reward,
+    get_task,
+    register_task,
+)
 
-import abc
-import random
-from collections.abc import Callable
-from dataclasses import dataclass
-
-from tppo.registry import Registry
-
-
-@dataclass(frozen=True)
-class Example:
-    """One task instance.
-
-    Attributes:
-        prompt: the text the model sees (tokenised without special tokens).
-        solution: a correct response, without the EOS token (used by supervised warm-up).
-        answer: the ground truth the reward compares against.
-    """
-
-    prompt: str
-    solution: str
-    answer: str
-
-
-class Task(abc.ABC):
-    """A synthetic task with verifiable answers."""
-
-    name: str
-
-    @abc.abstractmethod
-    def sample(self, rng: random.Random) -> Example:
-        """Draw one example."""
-
-    @abc.abstractmethod
-    def reward(self, response: str, ground_truth: str) -> float:
-        """Outcome reward of a response text (EOS stripped): 1.0 if correct else 0.0."""
-
-    def examples(self, n: int, seed: int) -> list[Example]:
-        """``n`` examples drawn from ``random.Random(seed)``: the same list for the same seed."""
-        rng = random.Random(seed)
-        return [self.sample(rng) for _ in range(n)]
-
-
-EOS_STRING = "<eos>"
-"""The character tokenizer's end-of-sequence token, ignored at the end of a response."""
-
-
-def extract_answer(response: str) -> str | None:
-    """The text after the last ``#`` of ``response`` (trailing EOS strings and whitespace removed),
-    or ``None`` when there is no ``#``."""
-    text = response.strip()
-    while text.endswith(EOS_STRING):
-        text = text[: -len(EOS_STRING)].rstrip()
-    if "#" not in text:
-        return None
-    return text.rsplit("#", 1)[1]
-
-
-def final_answer_reward(response: str, ground_truth: str) -> float:
-    """1.0 iff the text after the last ``#`` equals ``ground_truth`` exactly, else 0.0.
-
-    Only the final answer is checked (an outcome reward, paper eq. 7). A response with no ``#``
-    (for instance one truncated at the maximum length) scores 0.0; a trailing ``<eos>`` string
-    is ignored.
-    """
-    answer = extract_answer(response)
-    return 1.0 if answer is not None and answer == ground_truth.strip() else 0.0
-
-
-TASKS: Registry[Callable[[], Task]] = Registry("task")
-"""Task factories by name; ``data.task`` picks one."""
-
-
-def register_task(name: str) -> Callable[[Callable[[], Task]], Callable[[], Task]]:
-    return TASKS.register(name)
-
-
-def get_task(name: str) -> Task:
-    return TASKS.get(name)()
-
-
-# Built-in tasks register themselves on import (kept at the bottom: they import the names above).
-from tppo.tasks import collatz as _collatz  # noqa: E402, F401
-from tppo.tasks import lcg as _lcg  # noqa: E402, F401
+__all__ = [
+    "EOS_STRING",
+    "TASKS",
+    "Example",
+    "Task",
+    "extract_answer",
+    "final_answer_reward",
+    "get_task",
+    "register_task",
+]

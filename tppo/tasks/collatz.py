@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 
-from tppo.tasks import Example, Task, final_answer_reward, register_task
+from tppo.tasks.base import Example, Task, final_answer_reward, register_task
 
 ALPHABET = "0123456789=;#"
 
@@ -36,13 +36,6 @@ def to_lsd(n: int) -> str:
     if n < 0:
         raise ValueError(f"expected a non-negative integer, got {n}")
     return str(n)[::-1]
-
-
-def from_lsd(text: str) -> int:
-    """Inverse of :func:`to_lsd`; raises ``ValueError`` unless ``text`` is digits only."""
-    if not text or not text.isdigit() or not text.isascii():
-        raise ValueError(f"not a least-significant-digit-first number: {text!r}")
-    return int(text[::-1])
 
 
 def collatz_step(n: int) -> int:

@@ -46,7 +46,7 @@ import math
 import random
 from collections.abc import Callable
 
-from tppo.tasks import Example, Task, final_answer_reward, register_task
+from tppo.tasks.base import Example, Task, final_answer_reward, register_task
 
 ALPHABET = "0123456789:;=#"
 COUNTER_DIGITS = 2

@@ -1,0 +1,167 @@
+"""The metrics of one training step, as pure functions of what the step produced.
+
+The trainer runs a step's phases and hands the results here: the collated batch (with its
+per-token tensors), the slots retired at the end of the step, the scores, the engine's counters
+and the two updates' statistics. Nothing here reads a trainer, a config or a clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from tppo.algorithms import explained_variance, masked_mean, select_tokens
+from tppo.diagnostics import (
+    bootstrap_errors,
+    policy_versions,
+    stale_token_fraction,
+    summarize_errors,
+    tail_advantage_stats,
+)
+from tppo.engines.base import EngineStats
+from tppo.rollout.batch import RolloutBatch
+from tppo.rollout.slot_pool import Slot
+
+DIAGNOSTIC_TAIL = 8
+"""Tokens at each window edge whose advantages ``diagnostics/tail_adv_*`` report when
+``algorithm.policy_skip_tail`` is 0 (with it set, the tail is what it skips)."""
+
+
+def step_metrics(
+    batch: RolloutBatch,
+    retired: Sequence[Slot],
+    scores: torch.Tensor,
+    *,
+    step: int,
+    new_prompts: int,
+    prompts_consumed: int,
+    num_slots: int,
+    engine: EngineStats,
+    actor: dict[str, float],
+    critic: dict[str, float],
+    gamma: float,
+    policy_skip_tail: int,
+) -> dict[str, Any]:
+    """Step ``step``'s rollout, token, reward, length, advantage and value figures, the updates'
+    statistics (``actor/*``, ``critic/*``) and the truncation diagnostics (``diagnostics/*``).
+
+    Args:
+        batch: the step's batch, ``per_token`` holding ``policy_mask``, ``value_mask``,
+            ``raw_advantages``, ``returns`` and ``old_values``.
+        retired: the slots that finished in this step, in batch-row order of the finished rows.
+        scores: ``Tensor[B]`` outcome rewards (0 for unfinished rows).
+        new_prompts: prompts the step's fill took.
+        prompts_consumed: the prompt stream's position after the step.
+        num_slots: ``K``.
+        engine: the rollout engine's counters of this step.
+        actor, critic: the two updates' statistics.
+        gamma: the discount (bootstrap errors compare with discounted rewards).
+        policy_skip_tail: ``algorithm.policy_skip_tail`` (the diagnosed window-edge tail).
+    """
+    per_token, finished = batch.per_token, batch.is_finished
+    lengths = [len(s.response_ids) for s in retired]
+    metrics: dict[str, Any] = {
+        "step": step,
+        "rollout/new_prompts": new_prompts,
+        "rollout/carried": len(finished) - new_prompts,
+        "rollout/finished": int(finished.sum()),
+        "rollout/truncated": sum(s.finish == "max_length" for s in retired),
+        "rollout/generated_tokens": engine.generated_tokens,
+        "rollout/decode_steps": engine.decode_steps,
+        "rollout/slot_utilization": engine.generated_tokens / max(num_slots * engine.decode_steps, 1),
+        "rollout/prompts_consumed": prompts_consumed,
+        "tokens/policy": int(per_token["policy_mask"].sum()),
+        "tokens/value": int(per_token["value_mask"].sum()),
+        "reward/mean": float(scores[finished].mean()) if finished.any() else math.nan,
+        "response_length/mean": sum(lengths) / len(lengths) if lengths else math.nan,
+        "response_length/max": max(lengths) if lengths else math.nan,
+        "response_length/values": lengths,
+        "advantages/raw_mean": float(masked_mean(per_token["raw_advantages"], per_token["policy_mask"])),
+        "critic/explained_variance": float(
+            explained_variance(per_token["old_values"], per_token["returns"], per_token["value_mask"])
+        )
+        if finished.any()
+        else math.nan,
+    }
+    metrics.update({f"actor/{k}": v for k, v in actor.items()})
+    metrics.update({f"critic/{k}": v for k, v in critic.items()})
+    metrics.update(
+        truncation_diagnostics(
+            batch, retired, scores, step=step, gamma=gamma, policy_skip_tail=policy_skip_tail
+        )
+    )
+    return metrics
+
+
+def truncation_diagnostics(
+    batch: RolloutBatch,
+    retired: Sequence[Slot],
+    scores: torch.Tensor,
+    *,
+    step: int,
+    gamma: float,
+    policy_skip_tail: int,
+) -> dict[str, float]:
+    """Truncation-bias diagnostics of step ``step`` (see :mod:`tppo.diagnostics`): the bootstrap
+    errors of the responses that finished, their policy versions, the stale share of the value
+    tokens, and the advantages of the window-edge tails against the rest."""
+    per_token = batch.per_token
+    finished_scores = scores[batch.is_finished].tolist()
+    errors: list[float] = []
+    for slot, reward in zip(retired, finished_scores, strict=True):
+        errors += bootstrap_errors(
+            list(zip(slot.bootstrap_positions, slot.bootstrap_values, strict=True)),
+            response_length=len(slot.response_ids),
+            reward=reward,
+            gamma=gamma,
+        )
+    summary = summarize_errors(errors)
+    versions = [policy_versions(s.token_steps) for s in retired]
+    out = {
+        "diagnostics/bootstrap_error_abs": summary["abs"],
+        "diagnostics/bootstrap_error_signed": summary["signed"],
+        "diagnostics/bootstrap_edges": float(len(errors)),
+        "diagnostics/policy_versions_mean": sum(versions) / len(versions) if versions else math.nan,
+        "diagnostics/stale_value_token_frac": stale_token_fraction(
+            batch.token_steps, per_token["value_mask"], step=step
+        ),
+    }
+    # the tail: the tokens policy_skip_tail leaves out (the last DIAGNOSTIC_TAIL when it is 0)
+    tail = ~select_tokens(
+        batch.token_steps,
+        batch.response_mask,
+        batch.is_finished,
+        step=step,
+        policy_skip_tail=policy_skip_tail or DIAGNOSTIC_TAIL,
+    ).policy_mask
+    tails = tail_advantage_stats(
+        per_token["raw_advantages"], batch.response_mask, batch.token_steps, tail, step=step
+    )
+    out.update({f"diagnostics/{k}": v for k, v in tails.items()})
+    return out
+
+
+def worker_metrics(owners: Sequence[int], active: Sequence[Slot], step: int) -> dict[str, int]:
+    """With several rollout workers (``owners[i]``: the worker that continued ``active[i]``): how
+    many carried-over responses each one continued in step ``step``; nothing with one worker."""
+    if max(owners, default=0) == 0:
+        return {}
+    carried = [0] * (max(owners) + 1)
+    for owner, slot in zip(owners, active, strict=True):
+        carried[owner] += slot.start_step < step
+    return {f"rollout/carried_worker{i}": n for i, n in enumerate(carried)}
+
+
+def headline(metrics: dict[str, Any], last_eval: float | None) -> dict[str, str]:
+    """The progress bar's figures: the step's reward, carried responses, seconds, last accuracy."""
+    out = {
+        "reward": f"{metrics['reward/mean']:.3f}",
+        "carried": str(metrics["rollout/carried"]),
+        "step_s": f"{metrics['time/step_s']:.1f}",
+    }
+    if last_eval is not None:
+        out["eval_acc"] = f"{last_eval:.3f}"
+    return out
