@@ -272,6 +272,7 @@ def test_model_sources_are_checked_without_loading(tmp_path, monkeypatch):
     for accepted in [
         "model.policy_path=HuggingFaceTB/SmolLM2-135M",
         "model.policy_path=smollm2-135m-instruct",
+        "model.policy_path=gpt2",  # a bare Hub name (no organisation)
     ]:
         check_inputs(load_config(None, [accepted]))
 

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 """``model.device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
-HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-"""What a Hugging Face repo id looks like: ``org/name``."""
+HUB_REPO_ID = re.compile(r"([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
+"""What a Hugging Face repo id looks like: ``org/name``, or a bare ``name`` (``gpt2``); a path that starts
+with ``/``, ``.`` or ``~`` is a local folder, never a repo id."""
 
 
 # ------------------------------------------------------------------------------ names
@@ -105,8 +106,8 @@ def _builtin_models() -> set[str]:
 
 
 def check_model_source(key: str, name: str) -> None:
-    """A built-in name, an existing local folder, or something shaped like a Hub repo id ``org/name``
-    (whose first part is not a local folder)."""
+    """A built-in name, an existing local folder, or something shaped like a Hub repo id (``org/name``
+    whose first part is not a local folder, or a bare ``name``)."""
     builtin = _builtin_models()
     if name in builtin or Path(name).expanduser().is_dir():
         return
@@ -116,7 +117,7 @@ def check_model_source(key: str, name: str) -> None:
         looks_hub,
         key,
         f"{name!r} is neither a built-in model ({', '.join(sorted(builtin))}), an existing local "
-        "folder, nor a Hugging Face repo id (org/name)",
+        "folder, nor a Hugging Face repo id (org/name or name)",
     )
 
 
