@@ -2,8 +2,8 @@
 
 Items are DAPO-style responses (reasoning, then an ``Answer:`` line) and boxed answers against
 integer, fraction and decimal ground truths, half of them right. The pool's figure includes the
-inter-process round trip and the per-item time limit's bookkeeping; its workers start (and warm up)
-before the clock starts.
+inter-process round trip and the per-item time limit's bookkeeping; its workers start (on a few
+of the items) before the clock starts.
 
 Run::
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tppo.math_answer import math_answer_reward
-from tppo.reward_pool import RewardPool
+from tppo.rewards import RewardPool
 
 
 def make_items(n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -59,9 +59,9 @@ def main() -> None:
     print(f"in-process: {len(items) / seconds:8.1f} items/s ({1000 * seconds / len(items):.2f} ms/item)")
 
     with RewardPool("math", num_workers=args.workers, timeout_s=args.timeout) as pool:
-        pool.score_batch(["Answer: 1"] * args.workers * 2, ["1"] * args.workers * 2)  # workers ready
+        pool(responses[: args.workers * 4], truths[: args.workers * 4])  # workers started
         start = time.perf_counter()
-        batch = pool.score_batch(responses, truths)
+        batch = pool(responses, truths)
         seconds = time.perf_counter() - start
     print(
         f"pool x{args.workers}:  {len(items) / seconds:8.1f} items/s "
