@@ -4,6 +4,7 @@ inside worker processes."""
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import time
 
@@ -52,3 +53,10 @@ def c_hash(response: str, ground_truth: str) -> float:
     (about 0.6 s per million rounds here)."""
     hashlib.pbkdf2_hmac("sha256", b"response", b"salt", int(response))
     return 1.0
+
+
+if multiprocessing.parent_process() is None:  # defined in the test process, missing in workers
+
+    def parent_only(response: str, ground_truth: str) -> float:
+        """A reward that the test process can name but a worker cannot build."""
+        return 1.0

@@ -163,6 +163,12 @@ def test_module_function_rewards_run_in_workers_and_task_verifiers_too():
         assert scorer(["30:521=20:283;10:351;00#664", "00#665"], ["664"] * 2).scores == [1.0, 0.0]
 
 
+def test_workers_that_cannot_build_the_reward_stop_the_scorer_with_the_reason():
+    scorer = build_scorer("reward_helpers:parent_only", num_workers=1, timeout_s=5)
+    with pytest.raises(RuntimeError, match=r"could not be built in a worker: .*no callable 'parent_only'"):
+        scorer(["x"], [""])
+
+
 def test_without_a_limit_the_reward_runs_in_this_process():
     scorer = build_scorer("reward_helpers:length_or_trouble", num_workers=2, timeout_s=None)
     assert scorer(["ab", "boom", "xyz"], [""] * 3) == ScoredBatch([2.0, 0.0, 3.0], errors=1, timeouts=0)

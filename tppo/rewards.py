@@ -102,6 +102,8 @@ def _math_reward_in_process() -> RewardFn:
 
 
 Status = Literal["ok", "error", "timeout"]
+STARTUP_TIMEOUT_S = 300.0
+"""How long a worker may take to start and build the reward (imports included) before the pool gives up."""
 
 
 @dataclass
@@ -140,6 +142,11 @@ def _start_worker(name: str) -> None:
         _WORKER_REWARD = get_reward(name)
     except Exception as error:  # every item says why, instead of pebble restarting the worker forever
         _WORKER_PROBLEM = f"reward {name!r} could not be built in a worker: {type(error).__name__}: {error}"
+
+
+def _worker_problem() -> str | None:
+    """In a worker: why its reward could not be built (``None``: it was). The pool's start-up check."""
+    return None if _WORKER_REWARD is not None else _WORKER_PROBLEM
 
 
 def _score_in_worker(response: str, ground_truth: str) -> tuple[float, str | None]:
@@ -198,21 +205,35 @@ class RewardPool:
         return self([response], [ground_truth]).scores[0]
 
     def _workers(self) -> ProcessPool:
-        """pebble's pool, started on first use (and again if pebble gave up on it)."""
+        """pebble's pool, started on first use (and again if pebble gave up on it, after a worker
+        died between items); RuntimeError if its workers cannot start or build the reward."""
         with self._lock:
             if self._pool is None or not self._pool.active:
                 if self._pool is not None:
                     log.warning("the reward worker pool broke; starting a new one")
                     self._pool.stop()
-                context = multiprocessing.get_context("forkserver")
-                context.set_forkserver_preload(["tppo.rewards", "math_verify"])
-                self._pool = ProcessPool(
-                    max_workers=self.num_workers,
-                    initializer=_start_worker,
-                    initargs=(self.name,),
-                    context=context,
-                )
+                self._pool = self._start_pool()
             return self._pool
+
+    def _start_pool(self) -> ProcessPool:
+        # The server preloads math-verify only: tppo itself is imported by each worker, on this
+        # process's sys.path (the server's own path can hold another copy of tppo).
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["math_verify"])
+        pool = ProcessPool(
+            max_workers=self.num_workers, initializer=_start_worker, initargs=(self.name,), context=context
+        )
+        try:  # a worker answers without calling the reward: it started and built it
+            problem = pool.schedule(_worker_problem).result(timeout=STARTUP_TIMEOUT_S)
+        except Exception as error:
+            problem = (
+                f"reward {self.name!r}: its worker processes did not start ({type(error).__name__}: {error})"
+            )
+        if problem is not None:
+            pool.stop()
+            pool.join()
+            raise RuntimeError(problem)
+        return pool
 
     def _outcome(self, future: Future[tuple[float, str | None]]) -> tuple[float, Status]:
         try:
