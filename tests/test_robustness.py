@@ -139,9 +139,10 @@ def test_a_reward_that_raises_hangs_or_dies_scores_zero_and_is_counted(caplog):
 
 
 @pytest.mark.slow
-def test_reward_errors_are_counted_in_metrics_and_training_goes_on(tmp_path):
+@pytest.mark.parametrize("timeout_s", [None, 5.0])  # in this process, in worker processes
+def test_reward_errors_are_counted_in_metrics_and_training_goes_on(tmp_path, timeout_s):
     trainer = make_trainer(tmp_path, "trainer.total_steps=4")
-    trainer.scorer = build_scorer("reward_helpers:raises_sometimes", num_workers=1, timeout_s=None)
+    trainer.scorer = build_scorer("reward_helpers:raises_sometimes", num_workers=2, timeout_s=timeout_s)
     history = trainer.train()
     assert trainer.step == 4
     errors, finished = sum(r["reward/errors"] for r in history), sum(r["rollout/finished"] for r in history)

@@ -133,8 +133,8 @@ def _start_worker(name: str) -> None:
     """A worker's start (pebble's initializer, before it takes any item): build the reward.
 
     SIGTERM, pebble's way to stop a late worker, kills it at once: pebble's own handler runs only
-    between bytecodes, which a verifier stuck in one C call (a huge integer power) never reaches,
-    so the kill would wait for pebble's 3 s SIGKILL fallback. pebble only stops a worker while it
+    between bytecodes, which a verifier stuck in a C call that never checks for signals does not
+    reach, so the kill would wait for pebble's 3 s SIGKILL fallback. pebble only stops a worker while it
     holds the pool's channel locks, so no lock dies with it."""
     global _WORKER_REWARD, _WORKER_PROBLEM
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -192,7 +192,7 @@ class RewardPool:
             outcomes = [self._status(*_score_item(fn, r, t)) for r, t in pairs]
         else:
             pool = self._workers()
-            futures = [pool.schedule(_score_in_worker, (r, t), timeout=self.timeout_s) for r, t in pairs]
+            futures = [self._schedule(pool, r, t) for r, t in pairs]
             outcomes = [self._outcome(future) for future in futures]
         return ScoredBatch(
             scores=[score for score, _ in outcomes],
@@ -234,6 +234,16 @@ class RewardPool:
             pool.join()
             raise RuntimeError(problem)
         return pool
+
+    def _schedule(
+        self, pool: ProcessPool, response: str, ground_truth: str
+    ) -> Future[tuple[float, str | None]]:
+        try:
+            return pool.schedule(_score_in_worker, (response, ground_truth), timeout=self.timeout_s)
+        except RuntimeError as error:  # the pool broke a moment ago: an error here, a new pool next call
+            failed: Future[tuple[float, str | None]] = Future()
+            failed.set_exception(error)
+            return failed
 
     def _outcome(self, future: Future[tuple[float, str | None]]) -> tuple[float, Status]:
         try:
