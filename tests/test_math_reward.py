@@ -141,6 +141,14 @@ def test_workers_run_items_in_parallel_in_separate_processes():
     assert elapsed < 1.8  # two 1 s sleeps side by side, not one after the other
 
 
+def test_items_run_in_the_worker_main_thread_where_signal_alarm_works():
+    with build_scorer(
+        "reward_helpers:math_verify_with_its_own_timeouts", num_workers=1, timeout_s=10
+    ) as scorer:
+        batch = scorer(["$\\frac{1}{2}$", "$3$"], ["$0.5$", "$4$"])
+    assert (batch.scores, batch.errors) == ([1.0, 0.0], 0)
+
+
 def test_a_batch_counts_errors_timeouts_and_deaths_and_keeps_order(caplog):
     with (
         build_scorer("reward_helpers:length_or_trouble", num_workers=2, timeout_s=1.0) as scorer,
