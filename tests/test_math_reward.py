@@ -132,7 +132,9 @@ def test_a_reward_stuck_in_one_c_call_is_killed_at_once():
 
 def test_workers_run_items_in_parallel_in_separate_processes():
     with build_scorer("reward_helpers:sleepy_pid", num_workers=2, timeout_s=10) as scorer:
-        scorer(["0"] * 4, [""] * 4)  # workers started
+        for _ in range(20):  # until both workers have started (two items at once on two pids)
+            if len(set(scorer(["0.2", "0.2"], ["", ""]).scores)) == 2:
+                break
         start = time.perf_counter()
         batch = scorer(["1", "1"], ["", ""])
         elapsed = time.perf_counter() - start
