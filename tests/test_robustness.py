@@ -9,14 +9,13 @@ import os
 import signal
 
 import pytest
-import reward_helpers
 import torch
 
 from tppo.checkpoint import latest_checkpoint, list_checkpoints, verify_checkpoint
 from tppo.config import ConfigError, ModelConfig, load_config
 from tppo.metrics import read_metrics
 from tppo.models import load_models
-from tppo.rewards import RewardScorer
+from tppo.rewards import build_scorer
 
 TINY = [
     "rollout.num_slots=4",
@@ -127,30 +126,23 @@ def test_skipped_prompts_are_counted_in_the_metrics(tmp_path):
 
 
 def test_a_reward_that_raises_hangs_or_dies_scores_zero_and_is_counted(caplog):
-    scorer = RewardScorer(reward_helpers.length_or_trouble, timeout_s=2.0)
-    try:
-        with caplog.at_level(logging.WARNING, logger="tppo.rewards"):
-            result = scorer(["ab", "boom", "hang", "abcd", "die", "xyz"], ["", "", "", "", "", ""])
+    with (
+        build_scorer("reward_helpers:length_or_trouble", num_workers=1, timeout_s=2.0) as scorer,
+        caplog.at_level(logging.WARNING, logger="tppo.rewards"),
+    ):
+        result = scorer(["ab", "boom", "hang", "abcd", "die", "xyz"], ["", "", "", "", "", ""])
         assert result.scores == [2.0, 0.0, 0.0, 4.0, 0.0, 3.0]
         assert (result.errors, result.timeouts) == (2, 1)
-        assert "ZeroDivisionError: boom" in caplog.text
-        assert "no score within 2.0 s" in caplog.text and "process died" in caplog.text
-        assert scorer(["a"], [""]).scores == [1.0]  # the restarted worker goes on scoring
-    finally:
-        scorer.close()
-
-
-def test_a_reward_that_cannot_go_to_a_worker_is_scored_in_process(caplog):
-    with caplog.at_level(logging.WARNING, logger="tppo.rewards"):
-        scorer = RewardScorer(lambda response, truth: 1.0, timeout_s=1.0)
-    assert "cannot be sent to a worker process" in caplog.text
-    assert scorer(["x"], ["y"]).scores == [1.0]
+        assert scorer(["a"], [""]).scores == [1.0]  # the replaced worker goes on scoring
+    assert "ZeroDivisionError: boom" in caplog.text
+    assert "no score within 2.0 s" in caplog.text and "worker process died" in caplog.text
 
 
 @pytest.mark.slow
-def test_reward_errors_are_counted_in_metrics_and_training_goes_on(tmp_path):
+@pytest.mark.parametrize("timeout_s", [None, 5.0])  # in this process, in worker processes
+def test_reward_errors_are_counted_in_metrics_and_training_goes_on(tmp_path, timeout_s):
     trainer = make_trainer(tmp_path, "trainer.total_steps=4")
-    trainer.scorer = RewardScorer(reward_helpers.raises_sometimes, timeout_s=None)
+    trainer.scorer = build_scorer("reward_helpers:raises_sometimes", num_workers=2, timeout_s=timeout_s)
     history = trainer.train()
     assert trainer.step == 4
     errors, finished = sum(r["reward/errors"] for r in history), sum(r["rollout/finished"] for r in history)

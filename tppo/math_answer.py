@@ -2,8 +2,8 @@
 
 This runs math-verify *without* its own timeouts (they use ``signal.alarm``, which raises outside
 the main thread, and a wrapper catching every exception then scores every answer 0). Call it
-through a :class:`tppo.reward_pool.RewardPool` (or :func:`tppo.rewards.math_reward`), which runs it
-in worker processes under a time limit that the pool enforces.
+through a :class:`tppo.rewards.RewardPool` (reward ``math``, or :func:`tppo.rewards.math_reward`),
+which runs it in worker processes under a time limit that the pool enforces.
 """
 
 from __future__ import annotations
