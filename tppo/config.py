@@ -360,7 +360,7 @@ class RewardConfig:
         num_workers: worker processes that verify a named reward (``math``, ``module:function``)
             in parallel when ``trainer.reward_timeout_s`` is set: a response whose verification
             runs past it scores 0 (``reward/timeouts``) and its worker is killed and replaced.
-            Built-in task verifiers, and 0, use one worker process under the same limit.
+            Built-in task verifiers use the same pool; 0 counts as 1.
     """
 
     name: NonEmptyStr | None = None

@@ -51,11 +51,12 @@ def check_registered(key: str, name: str, registry: Registry[Any]) -> None:
 
 
 def check_reward(key: str, name: str) -> None:
-    """``name`` resolves to a reward function (:func:`tppo.rewards.get_reward`)."""
-    from tppo.rewards import get_reward
+    """``name`` names a reward (:func:`tppo.rewards.check_reward_name`: resolved, not built, so math-verify
+    is not imported here)."""
+    from tppo.rewards import check_reward_name
 
     try:
-        get_reward(name)
+        check_reward_name(name)
     except ImportError as error:
         raise ConfigError(f"{key}: reward {name!r}: cannot import its module ({error})") from None
     except (KeyError, ValueError) as error:

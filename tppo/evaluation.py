@@ -18,7 +18,7 @@ from tppo.rewards import ScoredBatch
 from tppo.rollout.prompts import PromptRow
 
 ScoreFn = Callable[[Sequence[str], Sequence[str]], ScoredBatch]
-"""``(responses, ground truths) -> ScoredBatch``: e.g. :meth:`tppo.rewards.RewardScorer.score`."""
+"""``(responses, ground truths) -> ScoredBatch``: e.g. a :class:`tppo.rewards.RewardPool`."""
 
 
 def avg_at_k(scores: Sequence[Sequence[float]]) -> float:

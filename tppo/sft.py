@@ -59,7 +59,7 @@ from tppo.config_loader import (
 )
 from tppo.engines import Engine, HFEngine, SamplingParams
 from tppo.evaluation import evaluate
-from tppo.rewards import score_responses
+from tppo.rewards import RewardPool
 from tppo.rollout.prompts import PromptRow
 from tppo.schedules import lr_multiplier, run_progress
 from tppo.tasks import Example, Task, get_task
@@ -331,7 +331,7 @@ def engine_accuracy(
         result = evaluate(
             engine,
             tokenizer,
-            lambda responses, answers: score_responses(task.reward, responses, answers),
+            RewardPool(f"task:{task.name}", timeout_s=None),  # the trainer's reward path, in process
             rows,
             sampling=SamplingParams(temperature=temperature),
             max_response_length=max_new_tokens,
