@@ -245,7 +245,7 @@ def test_three_tppo_steps_with_vllm_carry_unfinished_responses_over(trainer):
             want = tempered_log_probs(pi_old, prefix, tokens, temperature)
             got = torch.tensor(slot.log_probs[index[0] : index[-1] + 1])
             torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
-            if slot.finish == "max_length":
+            if slot.finish == "length":
                 assert len(slot.response_ids) == max_len
     assert history[1]["rollout/carried"] > 0 and history[2]["rollout/carried"] > 0
     carried = [s for s in active_by_step[1] if any(s is t for t in active_by_step[0])]

@@ -1,6 +1,6 @@
 """The T-PPO trainer: one step = the named phases of DESIGN.md section 1.
 
-    fill -> sync -> generate -> reward -> score -> estimate -> actor -> critic -> retire -> log
+    fill -> sync -> generate -> reward -> old_forward -> estimate -> actor -> critic -> retire -> log
 
 Plain PPO is this same trainer with ``rollout.window_length == rollout.max_response_length``:
 every response then finishes within its step and nothing carries over.
@@ -37,12 +37,13 @@ from tppo.config import TPPOConfig, save_config
 from tppo.data import build_data
 from tppo.diagnostics import (
     bootstrap_errors,
+    log_prob_gap,
     policy_versions,
     stale_token_fraction,
     summarize_errors,
     tail_advantage_stats,
 )
-from tppo.engines import SamplingParams
+from tppo.engines.types import LENGTH, SamplingParams
 from tppo.evaluation import EvalResult, evaluate
 from tppo.faults import crash_point
 from tppo.learner import Learner
@@ -70,7 +71,7 @@ class TrainingError(RuntimeError):
 
 class Trainer:
     """The controller: owns the slot pool and drives the two roles, the rollout engine (sync,
-    generate) and the learner (score, actor, critic), in process or remote (``distributed.*``,
+    generate) and the learner (old_forward, actor, critic), in process or remote (``distributed.*``,
     see :mod:`tppo.roles`); ``train()`` runs the loop."""
 
     def __init__(self, config: TPPOConfig, output_dir: Path, *, models: Models | None = None) -> None:
@@ -144,8 +145,8 @@ class Trainer:
         with self._phase(timer, "reward"):
             scores, reward_problems = self._reward(active)
         batch = collate(active, pad_token_id=self.vocabulary.pad_token_id).to(self.device)
-        with self._phase(timer, "score"):
-            batch.per_token.update(self.learner.score(batch))
+        with self._phase(timer, "old_forward"):
+            batch.per_token.update(self.learner.old_forward(batch))
         with self._phase(timer, "estimate"):
             self._estimate(batch, scores, step)
             _record_bootstraps(active, batch)
@@ -196,7 +197,7 @@ class Trainer:
         scores = torch.zeros(len(active), dtype=torch.float32)
         truncated_reward = self.config.algorithm.truncated_reward
         for i, score in zip(finished, result.scores, strict=True):
-            if truncated_reward is not None and active[i].finish == "max_length":
+            if truncated_reward is not None and active[i].finish == LENGTH:
                 score = truncated_reward
             scores[i] = score
         return scores.to(self.device), (result.errors, result.timeouts)
@@ -280,7 +281,7 @@ class Trainer:
             "rollout/new_prompts": new_prompts,
             "rollout/carried": len(finished) - new_prompts,
             "rollout/finished": int(finished.sum()),
-            "rollout/truncated": sum(s.finish == "max_length" for s in retired),
+            "rollout/truncated": sum(s.finish == LENGTH for s in retired),
             "rollout/generated_tokens": engine.generated_tokens,
             "rollout/decode_steps": engine.decode_steps,
             "rollout/slot_utilization": engine.generated_tokens / max(k * engine.decode_steps, 1),
@@ -337,6 +338,12 @@ class Trainer:
             per_token["raw_advantages"], batch.response_mask, batch.token_steps, tail, step=step
         )
         out.update({f"diagnostics/{k}": v for k, v in tails.items()})
+        if self.config.algorithm.recompute_old_log_probs and "old_log_probs" in per_token:
+            # this step's tokens: the engine sampled them with the weights old_forward used
+            this_step = batch.response_mask & (batch.token_steps == step)
+            out["rollout/logprob_gap_abs_mean"] = log_prob_gap(
+                batch.engine_log_probs, per_token["old_log_probs"], this_step
+            )
         return out
 
     # ------------------------------------------------------------------ the loop
