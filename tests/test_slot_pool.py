@@ -142,3 +142,20 @@ def test_state_dict_round_trip_continues_identically():
 def test_pool_rejects_window_longer_than_max():
     with pytest.raises(ValueError, match="window_length"):
         make_pool(window=11, max_len=10)
+
+
+def test_the_pool_the_maths_and_the_engine_registry_import_neither_transformers_nor_vllm():
+    """The slot pool, the algorithms and the engine names load without an engine's heavy imports."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, tppo.rollout.slot_pool, tppo.algorithms, tppo.engines\n"
+        "from tppo.engines import engine_names, is_engine_name\n"
+        "assert engine_names() == ['hf', 'vllm'] and is_engine_name('vllm') and not is_engine_name('vlm')\n"
+        "print(sorted(m for m in ('transformers', 'vllm') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parent.parent  # this checkout's tppo
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "[]"
