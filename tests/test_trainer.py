@@ -148,3 +148,13 @@ def test_truncation_diagnostics_are_logged_and_consistent(tmp_path):
         assert slot.bootstrap_positions == ends
     assert any(not math.isnan(r["diagnostics/tail_adv_abs_mean"]) for r in rows)
     assert all(not math.isnan(r["diagnostics/rest_adv_abs_mean"]) for r in rows)
+
+
+def test_the_gap_between_engine_and_trainer_log_probs_is_logged_and_small(tmp_path):
+    """Engine and trainer share one log-prob contract, top-k / top-p included: on the step's new
+    tokens the recomputed old log-probs are the engine's up to float noise."""
+    base = [*SMALL, "algorithm.ppo_epochs=2", "rollout.top_p=0.9", "rollout.top_k=6"]
+    row = Trainer(load_config(None, base), tmp_path / "on").train_step()
+    assert 0.0 <= row["rollout/logprob_gap_abs_mean"] < 1e-3
+    off = Trainer(load_config(None, [*base, "algorithm.recompute_old_log_probs=false"]), tmp_path / "off")
+    assert "rollout/logprob_gap_abs_mean" not in off.train_step()  # nothing recomputed to compare with
