@@ -8,6 +8,7 @@ import torch
 from conftest import make_tiny_qwen2
 from transformers import Qwen2ForTokenClassification
 
+from tppo.engines.types import SamplingParams
 from tppo.models import disable_dropout, load_value_model, response_log_probs, response_values
 from tppo.rollout.batch import collate
 from tppo.rollout.prompts import Prompt
@@ -29,7 +30,7 @@ def slot(prompt, response, steps=None, finish=None):
 
 
 SLOTS = [
-    slot([5, 6, 7], [8, 9], steps=[0, 1], finish="eos"),
+    slot([5, 6, 7], [8, 9], steps=[0, 1], finish="stop"),
     slot([11], [12, 13, 14, 15], steps=[1, 1, 2, 2]),
     slot([21, 22], [23]),
 ]
@@ -67,7 +68,7 @@ def test_select_trims_padding_and_keeps_per_token_tensors_aligned():
 def test_response_log_probs_equal_each_row_run_alone():
     model = make_tiny_qwen2(vocab_size=32, seed=1)
     batch = collate(SLOTS, pad_token_id=PAD)
-    log_probs, entropy = response_log_probs(model, batch, temperature=0.7)
+    log_probs, entropy = response_log_probs(model, batch, sampling=SamplingParams(temperature=0.7))
     for i, s in enumerate(SLOTS):
         ids = torch.tensor([[*s.prompt.token_ids, *s.response_ids]])
         logits = model(ids).logits[0] / 0.7

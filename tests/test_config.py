@@ -190,11 +190,15 @@ def test_every_value_is_checked_at_load_time(override, message):
     ],
 )
 def test_every_name_is_checked_against_its_registry(override, message):
+    from tppo.config_checks import check_names
+
     with pytest.raises(ConfigError, match=message):
-        load_config(None, [override])
+        check_names(load_config(None, [override]))
 
 
 def test_names_that_exist_are_accepted():
+    from tppo.config_checks import check_names
+
     config = load_config(
         None,
         [
@@ -207,6 +211,7 @@ def test_names_that_exist_are_accepted():
             "algorithm.dual_clip=3",
         ],
     )
+    check_names(config)
     assert (config.rollout.engine, config.reward.name, config.algorithm.dual_clip) == (
         "vllm",
         "task:lcg",

@@ -61,3 +61,13 @@ def test_tail_advantage_stats_split_this_steps_tokens_at_the_window_edge() -> No
     no_tail = tail_advantage_stats(adv, response, steps, torch.zeros_like(response), step=1)
     assert math.isnan(no_tail["tail_adv_mean"])
     assert no_tail["rest_adv_mean"] == pytest.approx((1 + 2 - 3 + 5 - 1 + 4) / 6)
+
+
+def test_log_prob_gap_is_the_mean_absolute_difference_under_the_mask():
+    from tppo.diagnostics import log_prob_gap
+
+    engine = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -9.0, -9.0]])
+    trainer = torch.tensor([[-1.5, -2.0, -2.0], [-0.25, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    assert log_prob_gap(engine, trainer, mask) == pytest.approx((0.5 + 0.0 + 1.0 + 0.25) / 4)
+    assert math.isnan(log_prob_gap(engine, trainer, torch.zeros_like(mask)))

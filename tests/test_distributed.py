@@ -61,7 +61,7 @@ def make_batch(seed=0):
         prompt = Prompt(uid=i, row=i, sample=0, epoch=0, token_ids=tuple(range(3, 3 + p)), ground_truth="")
         response = torch.randint(3, 15, (t,), generator=gen).tolist()
         steps = [0] * (t // 2) + [1] * (t - t // 2)
-        slots.append(Slot(prompt, 0, response, [-2.0] * t, steps, "eos" if i % 2 else None))
+        slots.append(Slot(prompt, 0, response, [-2.0] * t, steps, "stop" if i % 2 else None))
     batch = collate(slots, pad_token_id=0)
     shape = batch.response_mask.shape
     batch.per_token["advantages"] = torch.randn(shape, generator=gen)
@@ -115,7 +115,7 @@ def test_two_fsdp_training_workers_match_the_single_process_update(tmp_path):
     biases, whose gradient has entries ~1e-8, up to 8e-6.)"""
     overrides = [
         *SMALL,
-        "algorithm.ppo_epochs=2",  # so old log-probs are recomputed in the score phase
+        "algorithm.ppo_epochs=2",  # so old log-probs are recomputed in the old_forward phase
         "algorithm.num_minibatches=2",
         "algorithm.micro_batch_tokens=40",  # several passes per rank, uneven between ranks
         "optim.max_grad_norm=0.5",  # clipping needs the norm over both ranks' shards
@@ -125,7 +125,7 @@ def test_two_fsdp_training_workers_match_the_single_process_update(tmp_path):
     group = RayLearnerGroup(config)
     try:
         batch = make_batch()
-        expected, got = local.score(batch), group.score(batch)
+        expected, got = local.old_forward(batch), group.old_forward(batch)
         assert set(got) == {"old_values", "old_log_probs"}
         for key in expected:  # log-probs down to -7: float32 rounding of other packings, ~1e-6
             assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from tppo.engines import ENGINES, Completion, HFEngine, SamplingParams, get_engine_factory
 from tppo.engines import hf as hf_module
+from tppo.engines.sampling import processed_log_probs
 
 VOCAB = 48
 NEVER = 10_000  # an EOS id the model cannot emit
@@ -61,18 +62,18 @@ def _hf_greedy(model: Any, prefix: list[int], n: int) -> list[int]:
 
 
 def _fresh_log_probs(
-    model: PreTrainedModel, prefix: list[int], tokens: list[int], temperature: float
+    model: PreTrainedModel, prefix: list[int], tokens: list[int], sampling: SamplingParams
 ) -> torch.Tensor:
-    """``log_softmax(logits / T)`` of ``tokens`` from one unpadded forward pass over prefix + tokens."""
+    """The contract's log-prob of ``tokens`` (:func:`processed_log_probs`) from one unpadded forward
+    pass over prefix + tokens."""
     with torch.no_grad():
         logits = model(torch.tensor([prefix + tokens])).logits[0].float()
-    scaled = logits / temperature if temperature > 0 else logits
-    steps = scaled[len(prefix) - 1 : len(prefix) - 1 + len(tokens)]
-    return torch.log_softmax(steps, -1).gather(-1, torch.tensor(tokens)[:, None]).squeeze(-1)
+    steps = logits[len(prefix) - 1 : len(prefix) - 1 + len(tokens)]
+    return processed_log_probs(steps, sampling).gather(-1, torch.tensor(tokens)[:, None]).squeeze(-1)
 
 
 def test_registered_under_hf() -> None:
-    assert ENGINES["hf"] is HFEngine
+    assert "hf" in ENGINES
     assert get_engine_factory("hf") is HFEngine
 
 
@@ -138,9 +139,10 @@ def test_other_decoder_only_models(
     assert [c.token_ids for c in completions] == [
         _hf_greedy(model, p, n) for p, n in zip(prefixes, budgets, strict=True)
     ]
-    sampled = _engine(model).generate(prefixes, budgets, SamplingParams(temperature=0.7))
+    sampling = SamplingParams(temperature=0.7)
+    sampled = _engine(model).generate(prefixes, budgets, sampling)
     for prefix, completion in zip(prefixes, sampled, strict=True):
-        expected = _fresh_log_probs(model, prefix, completion.token_ids, 0.7)
+        expected = _fresh_log_probs(model, prefix, completion.token_ids, sampling)
         torch.testing.assert_close(torch.tensor(completion.log_probs), expected, atol=1e-4, rtol=0)
 
 
@@ -154,10 +156,11 @@ def test_rows_keep_decoding_correctly_when_the_cache_cannot_drop_rows(
     assert [c.token_ids for c in greedy] == [
         _hf_greedy(model, p, n) for p, n in zip(prefixes, budgets, strict=True)
     ]
-    sampled = engine.generate(prefixes, budgets, SamplingParams(temperature=0.8))
+    sampling = SamplingParams(temperature=0.8)
+    sampled = engine.generate(prefixes, budgets, sampling)
     for prefix, budget, completion in zip(prefixes, budgets, sampled, strict=True):
         assert len(completion.token_ids) == budget
-        expected = _fresh_log_probs(model, prefix, completion.token_ids, 0.8)
+        expected = _fresh_log_probs(model, prefix, completion.token_ids, sampling)
         torch.testing.assert_close(torch.tensor(completion.log_probs), expected, atol=1e-4, rtol=0)
     assert engine.stats.decode_steps == 2 * max(budgets)
 
@@ -174,7 +177,7 @@ def test_log_probs_equal_a_fresh_forward_pass(
     budgets = [12, 3, 12, 8, 1, 12, 5, 10]
     completions = _engine(model, seed=1, **batching).generate(prefixes, budgets, params)
     for prefix, completion in zip(prefixes, completions, strict=True):
-        expected = _fresh_log_probs(model, prefix, completion.token_ids, params.temperature)
+        expected = _fresh_log_probs(model, prefix, completion.token_ids, params)
         torch.testing.assert_close(torch.tensor(completion.log_probs), expected, atol=1e-4, rtol=0)
 
 

@@ -1,4 +1,4 @@
-"""Tests of :func:`tppo.engines.sampling.sample_tokens`."""
+"""Tests of :mod:`tppo.engines.sampling`: the processed sampling distribution and draws from it."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from tppo.engines.base import SamplingParams
-from tppo.engines.sampling import sample_tokens
+from tppo.engines.sampling import processed_log_probs, sample_tokens, token_log_probs_and_entropy
+from tppo.engines.types import SamplingParams
 
 
 def _logits(batch: int = 4, vocab: int = 32, seed: int = 0) -> torch.Tensor:
@@ -28,20 +28,57 @@ def test_greedy_is_argmax_with_raw_log_softmax() -> None:
     torch.testing.assert_close(log_probs, expected, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize(
-    "params",
-    [
-        SamplingParams(temperature=0.7),
-        SamplingParams(temperature=0.7, top_k=3),
-        SamplingParams(temperature=1.3, top_p=0.5),
-        SamplingParams(temperature=0.7, top_k=5, top_p=0.6),
-    ],
-)
-def test_log_prob_is_of_the_tempered_unfiltered_distribution(params: SamplingParams) -> None:
+def _reference_log_probs(row: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """The contract written out for one row of logits: temperature, then the k largest logits (ties
+    at the k-th kept), then the most likely tokens until their renormalised mass reaches top_p."""
+    scaled = row.double() / params.temperature
+    kept = list(range(len(row)))
+    if params.top_k:
+        kth = sorted(scaled.tolist(), reverse=True)[params.top_k - 1]
+        kept = [t for t in kept if scaled[t] >= kth]
+    if params.top_p < 1:
+        probs = torch.softmax(scaled[kept], -1).tolist()
+        order = sorted(range(len(kept)), key=lambda i: -probs[i])
+        nucleus, mass = [], 0.0
+        for i in order:
+            nucleus.append(kept[i])
+            mass += probs[i]
+            if mass >= params.top_p:
+                break
+        kept = nucleus
+    out = torch.full_like(scaled, -math.inf)
+    out[kept] = torch.log_softmax(scaled[kept], -1)
+    return out.float()
+
+
+FILTERS = [
+    SamplingParams(temperature=0.7),
+    SamplingParams(temperature=0.7, top_k=3),
+    SamplingParams(temperature=1.3, top_p=0.5),
+    SamplingParams(temperature=0.7, top_k=5, top_p=0.6),
+]
+
+
+@pytest.mark.parametrize("params", FILTERS)
+def test_log_prob_is_of_the_processed_distribution_sampled_from(params: SamplingParams) -> None:
     logits = _logits(batch=64)
     tokens, log_probs = sample_tokens(logits, params, _gen())
-    expected = torch.log_softmax(logits / params.temperature, -1).gather(-1, tokens[:, None]).squeeze(-1)
-    torch.testing.assert_close(log_probs, expected, atol=1e-6, rtol=0)
+    expected = torch.stack([_reference_log_probs(row, params) for row in logits])
+    torch.testing.assert_close(processed_log_probs(logits, params), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(log_probs, expected.gather(-1, tokens[:, None]).squeeze(-1), atol=1e-5, rtol=0)
+    assert torch.isfinite(log_probs).all()
+
+
+def test_kept_tokens_stay_in_the_support_and_gradients_stay_finite() -> None:
+    params = SamplingParams(temperature=0.8, top_k=4, top_p=0.7)
+    logits = _logits(batch=3, seed=2).reshape(1, 3, 32).requires_grad_(True)
+    outside = processed_log_probs(logits.detach(), params).argmin(-1)  # a filtered-out token per row
+    chosen, entropy = token_log_probs_and_entropy(logits, outside, params)
+    assert torch.isfinite(chosen).all() and torch.isfinite(entropy).all()
+    (chosen.sum() + entropy.sum()).backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    full = torch.log_softmax(logits.detach() / 0.8, -1).gather(-1, outside[..., None]).squeeze(-1)
+    assert (chosen.detach() > full).all()  # renormalised over a smaller support
 
 
 def test_low_precision_logits_give_float32_log_probs() -> None:
@@ -78,11 +115,12 @@ def test_top_k_samples_only_among_the_k_most_likely() -> None:
     assert seen == allowed  # all k are reachable at a high temperature over 4000 draws
 
 
-def test_top_k_keeps_exactly_k_under_ties() -> None:
-    logits = torch.zeros(2000, 10)
+def test_top_k_keeps_ties_at_the_k_th_logit_as_vllm_does() -> None:
+    logits = torch.tensor([3.0, 2.0, 1.0, 1.0, 1.0, 0.0, -1.0]).expand(3000, -1)
     tokens, log_probs = sample_tokens(logits, SamplingParams(temperature=1.0, top_k=3), _gen())
-    assert len(set(tokens.tolist())) == 3
-    torch.testing.assert_close(log_probs, torch.full((2000,), -math.log(10)))
+    assert set(tokens.tolist()) == {0, 1, 2, 3, 4}
+    expected = torch.log_softmax(logits[0, :5], -1)[tokens]
+    torch.testing.assert_close(log_probs, expected)
 
 
 def test_top_k_at_least_vocab_is_a_no_op() -> None:
@@ -98,7 +136,8 @@ def test_top_p_keeps_the_smallest_nucleus(top_p: float, allowed: set[int]) -> No
     logits = probs.log().expand(3000, -1)
     tokens, log_probs = sample_tokens(logits, SamplingParams(temperature=1.0, top_p=top_p), _gen())
     assert set(tokens.tolist()) == allowed
-    torch.testing.assert_close(log_probs, probs.log()[tokens])
+    kept = probs[sorted(allowed)].sum()
+    torch.testing.assert_close(log_probs, (probs / kept).log()[tokens])  # renormalised on the nucleus
 
 
 def test_top_p_sees_the_top_k_renormalised_distribution() -> None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from tppo.engines.base import Completion
+from tppo.engines.types import LENGTH, STOP, Completion
 from tppo.rollout.prompts import PromptRow, PromptStream
 from tppo.rollout.slot_pool import SlotPool
 
@@ -75,7 +75,7 @@ def test_carry_over_finish_at_eos_and_at_max_length_and_refill():
 
     new, retired = run_step(pool, engine, step=0)
     assert new == 3 and [s.prompt.row for s in retired] == [0]
-    assert retired[0].finish == "eos" and retired[0].response_ids == [1, 2, EOS]
+    assert retired[0].finish == STOP and retired[0].response_ids == [1, 2, EOS]
     assert engine.calls[0][1] == [4, 4, 4]
 
     new, retired = run_step(pool, engine, step=1)
@@ -88,7 +88,7 @@ def test_carry_over_finish_at_eos_and_at_max_length_and_refill():
     new, retired = run_step(pool, engine, step=2)  # row 4 fills slot 0 and finishes at once
     assert new == 1
     assert engine.calls[2][1] == [4, 2, 2]  # min(l, L - len): rows 1 and 2 hold 8 tokens
-    assert {s.prompt.row: s.finish for s in retired} == {4: "eos", 1: "eos", 2: "max_length"}
+    assert {s.prompt.row: s.finish for s in retired} == {4: STOP, 1: STOP, 2: LENGTH}
     assert [len(s.response_ids) for s in retired] == [1, 10, 10]
     assert pool.active() == []
     assert pool.fill(step=3) == 3  # every slot refilled from the stream, in order
@@ -102,8 +102,8 @@ def test_token_steps_record_the_generating_step_and_finish_reasons():
     for step in range(4):
         finished += run_step(pool, engine, step)[1]
     by_row = {s.prompt.row: s for s in finished}
-    assert by_row[0].token_steps == [0, 0, 0, 1, 1, 1, 2] and by_row[0].finish == "eos"
-    assert by_row[1].token_steps == [0, 0, 0, 1, 1, 1, 2] and by_row[1].finish == "max_length"
+    assert by_row[0].token_steps == [0, 0, 0, 1, 1, 1, 2] and by_row[0].finish == STOP
+    assert by_row[1].token_steps == [0, 0, 0, 1, 1, 1, 2] and by_row[1].finish == LENGTH
     assert len(by_row[1].response_ids) == 7
     assert by_row[2].start_step == 3 and by_row[2].token_steps == [3]
     assert by_row[0].log_probs == [-0.5] * 7
@@ -142,3 +142,20 @@ def test_state_dict_round_trip_continues_identically():
 def test_pool_rejects_window_longer_than_max():
     with pytest.raises(ValueError, match="window_length"):
         make_pool(window=11, max_len=10)
+
+
+def test_the_pool_the_maths_and_the_engine_registry_import_neither_transformers_nor_vllm():
+    """The slot pool, the algorithms and the engine names load without an engine's heavy imports."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, tppo.rollout.slot_pool, tppo.algorithms, tppo.engines\n"
+        "from tppo.engines import engine_names, is_engine_name\n"
+        "assert engine_names() == ['hf', 'vllm'] and is_engine_name('vllm') and not is_engine_name('vlm')\n"
+        "print(sorted(m for m in ('transformers', 'vllm') if m in sys.modules))\n"
+    )
+    root = Path(__file__).resolve().parent.parent  # this checkout's tppo
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "[]"

@@ -210,3 +210,13 @@ def test_dual_clip_shows_in_its_statistic_when_it_bites(tmp_path):
     assert plain["actor/ratio_mean"] != pytest.approx(1.0, abs=1e-7)
     # a mean over the two epochs' updates, and the first (ratios exactly 1) caps nothing
     assert 0.0 < clipped["actor/dual_clipfrac"] <= 0.5
+
+
+def test_the_gap_between_engine_and_trainer_log_probs_is_logged_and_small(tmp_path):
+    """Engine and trainer share one log-prob contract, top-k / top-p included: on the step's new
+    tokens the recomputed old log-probs are the engine's up to float noise."""
+    base = [*SMALL, "algorithm.ppo_epochs=2", "rollout.top_p=0.9", "rollout.top_k=6"]
+    row = Trainer(load_config(None, base), tmp_path / "on").train_step()
+    assert 0.0 <= row["rollout/logprob_gap_abs_mean"] < 1e-3
+    off = Trainer(load_config(None, [*base, "algorithm.recompute_old_log_probs=false"]), tmp_path / "off")
+    assert "rollout/logprob_gap_abs_mean" not in off.train_step()  # nothing recomputed to compare with

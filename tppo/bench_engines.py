@@ -1,19 +1,22 @@
 """``tppo bench-engines``: generated tokens/s of the HF engine, our vLLM engine and raw vLLM, same prompts.
 
-K prompts of the configured task (``rollout.num_slots``; each prompt repeated
-``rollout.samples_per_prompt`` times, as the slot pool fills) are each continued by at most
-``rollout.window_length`` tokens, sampled at ``rollout.temperature`` / ``top_p`` / ``top_k``, by:
+K of the run's own training prompts (``data.train_files`` when set, else the task's; ``rollout.num_slots``
+of them, each repeated ``rollout.samples_per_prompt`` times, as the slot pool fills) are each continued
+by at most ``rollout.window_length`` tokens, sampled at ``rollout.temperature`` / ``top_p`` / ``top_k``, by:
 
 1. ``hf``: :class:`~tppo.engines.hf.HFEngine` on the policy;
 2. ``vllm (ours)``: :class:`~tppo.engines.vllm.VLLMEngine` through the engine interface (per-request
    seeds, per-token log-probs, conversion to :class:`~tppo.engines.base.Completion`);
 3. ``vllm (raw)``: the same ``vllm.LLM`` called directly with ``LLM.generate`` (same prompts, same
-   ``max_tokens``, EOS as stop token; no log-probs, no per-request seeds): what vLLM can do.
+   ``max_tokens``, EOS as stop token; no log-probs, no per-request seeds): what vLLM can do;
+4. ``vllm (raw, same work)``: ``LLM.generate`` asked for what training cannot skip: the sampled
+   token's log-prob (``logprobs=0``) and one seed per request, exactly the vLLM ``SamplingParams``
+   our engine sends. Ours over this one is what our wrapper costs.
 
-Each engine is warmed up once, then timed over ``--repeats`` rounds; ours and raw alternate round by
-round so that load from other processes falls on both alike. The rate is generated tokens (EOS
-included) over generation seconds, summed over the rounds. The last line is
-``ours/raw vllm tokens/s: R``.
+Each engine is warmed up once, then timed over ``--repeats`` rounds; the vLLM paths alternate round
+by round so that load from other processes falls on all alike. The rate is generated tokens (EOS
+included) over generation seconds, summed over the rounds. The last two lines are
+``ours/raw vllm tokens/s: R0`` and ``ours/raw vllm tokens/s, same work: R``.
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+import torch
+
 from tppo.config import TPPOConfig
 from tppo.engines.base import Engine, SamplingParams
 
 
 def bench_prompts(config: TPPOConfig, tokenizer: object) -> list[list[int]]:
-    """K token prefixes: the task's first training prompts, each ``samples_per_prompt`` times."""
-    from tppo.data import build_task_data
+    """K token prefixes: the run's first training prompts (``data.train_files`` when set, else the
+    task's), each ``samples_per_prompt`` times."""
+    from tppo.data import build_data
 
-    _, rows, _ = build_task_data(config.data, tokenizer, seed=config.trainer.seed)  # type: ignore[arg-type]
+    rows = build_data(config.data, tokenizer, seed=config.trainer.seed).train  # type: ignore[arg-type]
     k, per_prompt = config.rollout.num_slots, config.rollout.samples_per_prompt
     return [list(rows[(i // per_prompt) % len(rows)].token_ids) for i in range(k)]
 
@@ -42,14 +48,17 @@ def timed(run: Callable[[], int]) -> tuple[int, float]:
 
 
 def measure(runs: dict[str, Callable[[], int]], repeats: int) -> dict[str, float]:
-    """Tokens/s of each run: one warm-up call each, then ``repeats`` interleaved rounds."""
+    """Tokens/s of each run: one warm-up call each, then ``repeats`` interleaved rounds, each round
+    starting one run later than the one before (so that no run always follows the same one)."""
     for run in runs.values():
         run()
+    names = list(runs)
     tokens = dict.fromkeys(runs, 0)
     seconds = dict.fromkeys(runs, 0.0)
-    for _ in range(repeats):
-        for name, run in runs.items():
-            n, s = timed(run)
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            n, s = timed(runs[name])
             tokens[name] += n
             seconds[name] += s
     return {name: tokens[name] / seconds[name] for name in runs}
@@ -61,32 +70,42 @@ def raw_vllm_run(
     window: int,
     sampling: SamplingParams,
     eos_token_ids: Sequence[int],
+    *,
+    same_work_seeds: torch.Generator | None = None,
 ) -> Callable[[], int]:
-    """``LLM.generate`` on the prefixes, as a vLLM user would call it; returns the tokens generated."""
+    """``LLM.generate`` on the prefixes, as a vLLM user would call it; returns the tokens generated.
+
+    With ``same_work_seeds``, each call asks for what our engine asks for: the sampled token's log-prob
+    and one seed per request (drawn from that generator), the same vLLM ``SamplingParams`` fields.
+    """
     from tppo.engines.vllm import import_vllm
 
     vllm = import_vllm()
     prompts = [vllm.inputs.TokensPrompt(prompt_token_ids=list(p)) for p in prefixes]
-    params = vllm.SamplingParams(
-        max_tokens=window,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        top_k=sampling.top_k,
-        stop_token_ids=list(eos_token_ids),
-        detokenize=False,
-    )
+    fields = {
+        "max_tokens": window,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "top_k": sampling.top_k,
+        "stop_token_ids": list(eos_token_ids),
+        "detokenize": False,
+    }
+
+    def params() -> object:
+        if same_work_seeds is None:
+            return vllm.SamplingParams(**fields)
+        seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=same_work_seeds).tolist()
+        return [vllm.SamplingParams(**fields, seed=s, logprobs=0, flat_logprobs=True) for s in seeds]
 
     def run() -> int:
-        outputs = llm.generate(prompts, params, use_tqdm=False)  # type: ignore[attr-defined]
+        outputs = llm.generate(prompts, params(), use_tqdm=False)  # type: ignore[attr-defined]
         return sum(len(o.outputs[0].token_ids) for o in outputs)
 
     return run
 
 
 def run_benchmark(config: TPPOConfig, *, repeats: int = 3, skip_hf: bool = False) -> dict[str, float]:
-    """Print the tokens/s of the three paths (see the module docstring) and return them."""
-    import torch
-
+    """Print the tokens/s of the four paths (see the module docstring) and return them."""
     from tppo.engines.hf import HFEngine
     from tppo.engines.vllm import VLLMEngine
     from tppo.models import load_models
@@ -101,8 +120,9 @@ def run_benchmark(config: TPPOConfig, *, repeats: int = 3, skip_hf: bool = False
     prefixes = bench_prompts(config, models.tokenizer)
     budgets = [r.window_length] * len(prefixes)
     sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
+    source = ", ".join(config.data.train_files) if config.data.train_files else f"task {config.data.task!r}"
     print(
-        f"model {config.model.policy_path}: K={len(prefixes)} prompts of task {config.data.task!r} "
+        f"model {config.model.policy_path}: K={len(prefixes)} prompts of {source} "
         f"({min(map(len, prefixes))}-{max(map(len, prefixes))} tokens), window {r.window_length}, "
         f"temperature {r.temperature}; {repeats} timed rounds after one warm-up",
         flush=True,
@@ -118,12 +138,17 @@ def run_benchmark(config: TPPOConfig, *, repeats: int = 3, skip_hf: bool = False
         print(f"hf engine: {rates['hf']:,.0f} tokens/s", flush=True)
     ours = VLLMEngine.from_config(config, models.policy, models.vocabulary, seed=config.trainer.seed)
     try:
-        raw = raw_vllm_run(ours.llm, prefixes, r.window_length, sampling, ours.eos_token_ids)
-        rates.update(measure({"ours": engine_run(ours), "raw": raw}, repeats))
+        args = (ours.llm, prefixes, r.window_length, sampling, ours.eos_token_ids)
+        raw = raw_vllm_run(*args)
+        same = raw_vllm_run(*args, same_work_seeds=torch.Generator().manual_seed(config.trainer.seed))
+        rates.update(measure({"ours": engine_run(ours), "raw": raw, "raw_same_work": same}, repeats))
     finally:
         ours.close()
     rates["ratio"] = rates["ours"] / rates["raw"]
+    rates["ratio_same_work"] = rates["ours"] / rates["raw_same_work"]
     print(f"vllm engine (ours): {rates['ours']:,.0f} tokens/s")
     print(f"raw vllm LLM.generate: {rates['raw']:,.0f} tokens/s")
+    print(f"raw vllm LLM.generate, log-probs + one seed per request: {rates['raw_same_work']:,.0f} tokens/s")
     print(f"ours/raw vllm tokens/s: {rates['ratio']:.3f}")
+    print(f"ours/raw vllm tokens/s, same work: {rates['ratio_same_work']:.3f}")
     return rates

@@ -14,7 +14,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tppo.config import ConfigError, load_config
-from tppo.config_checks import check_inputs
+from tppo.config_checks import check_config
 from tppo.config_loader import require
 from tppo.eval_cli import add_arguments as eval_cli_arguments
 from tppo.sources import DataError
@@ -23,7 +23,7 @@ from tppo.sources import DataError
 def _train(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir or Path("runs") / (Path(args.config).stem if args.config else "tppo"))
     if args.overwrite and output_dir.exists():
-        check_inputs(load_config(args.config, args.overrides))  # a bad config deletes nothing
+        check_config(load_config(args.config, args.overrides))  # a bad config deletes nothing
         shutil.rmtree(output_dir)
     from tppo.checkpoint import latest_checkpoint
 
@@ -33,6 +33,7 @@ def _train(args: argparse.Namespace) -> int:
     if config_path is None and holds_run and (output_dir / "config.yaml").is_file():
         config_path = output_dir / "config.yaml"  # continuing a run: its own config, plus overrides
     config = load_config(config_path, args.overrides)  # refused here, before anything loads
+    check_config(config)
     if holds_run and checkpoint is None and not args.resume:
         raise ConfigError(
             f"output directory {str(output_dir)!r} already holds a run (metrics.jsonl) but no usable "
@@ -94,7 +95,7 @@ def _bench(args: argparse.Namespace) -> int:
     require(args.seeds >= 1, "--seeds", f"must be >= 1, got {args.seeds}")
     require(args.budget_s is None or args.budget_s > 0, "--budget-s", f"must be > 0, got {args.budget_s}")
     require(args.target is None or args.target >= 0, "--target", f"must be >= 0, got {args.target}")
-    check_inputs(load_config(args.config, args.overrides, validate=False))  # each run sets its window
+    check_config(load_config(args.config, args.overrides, validate=False))  # each run sets its window
     spec = BenchSpec(
         config=args.config,
         overrides=args.overrides,
@@ -133,7 +134,7 @@ def _plot(args: argparse.Namespace) -> int:
 def _bench_engines(args: argparse.Namespace) -> int:
     require(args.repeats >= 1, "--repeats", f"must be >= 1, got {args.repeats}")
     config = load_config(args.config, args.overrides)
-    check_inputs(config)
+    check_config(config)
     from tppo.bench_engines import run_benchmark
 
     run_benchmark(config, repeats=args.repeats, skip_hf=args.skip_hf)

@@ -187,8 +187,10 @@ class RolloutConfig:
         max_response_length: L; a response reaching it is finished (truncated at max length).
         samples_per_prompt: responses per prompt (consecutive in the prompt stream).
         temperature: sampling temperature (training and evaluation); must be > 0.
-        top_p: nucleus sampling threshold (1.0 disables).
-        top_k: top-k sampling (0 disables).
+        top_p: nucleus sampling threshold (1.0 disables); applied after top-k.
+        top_k: top-k sampling (0 disables). With top-k / top-p active, engines report (and the
+            trainer computes) log-probs of the filtered, renormalised distribution actually sampled
+            from (the log-prob contract of :mod:`tppo.engines.base`).
         max_batch_size: the engine's largest batch (``None``: all slots at once; for ``vllm``,
             vLLM's ``max_num_seqs`` default).
         vllm: settings of the vLLM engine.
@@ -232,8 +234,13 @@ class AlgorithmConfig:
             as many as fit in ``rows x longest row <= micro_batch_tokens`` (gradients accumulate;
             the loss is normalised by the minibatch's token count, so the result is the same as
             one pass). ``None``: the whole minibatch in one padded pass.
-        recompute_old_log_probs: recompute ``old_log_probs`` with the policy before updating
-            (safe, the default); ``False`` uses the engine's log-probs.
+        recompute_old_log_probs: ``True`` (the default): recompute ``old_log_probs`` with the
+            policy before updating (skipped with one epoch and one minibatch, where the actor's
+            first forward pass gives them); ``False``: ``old_log_probs`` are the engine's own
+            log-probs of the sampled tokens. Both follow the engines' one log-prob contract (the
+            distribution sampled from: ``logits / temperature``, top-k, top-p, renormalised; see
+            :mod:`tppo.engines.base`), so the PPO ratio compares the same distributions either way;
+            when both exist, ``rollout/logprob_gap_abs_mean`` logs their gap on the step's new tokens.
         truncated_reward: reward of a response cut at ``max_response_length`` without an answer
             boundary; ``None`` scores it as written (the task's verifier decides).
     """
@@ -465,14 +472,13 @@ def load_config(
 ) -> TPPOConfig:
     """Defaults, then the YAML file at ``path``, then ``overrides``; validated unless told not to.
 
-    Keys, types, each value's range and every name (against its registry) are always checked;
-    ``validate=False`` skips only the checks across values (a base config whose window a caller
-    sets afterwards, as ``tppo bench`` does).
+    Keys, types and each value's range are always checked; ``validate=False`` skips only the checks
+    across values (a base config whose window a caller sets afterwards, as ``tppo bench`` does). The
+    names (against their registries) and the inputs (model folders, data files) are checked by
+    :func:`tppo.config_checks.check_config`, which every command and the trainer call before anything
+    loads; it lives apart because the registries it reads depend on this module.
     """
-    from tppo.config_checks import check_names
-
     config = load_structured(TPPOConfig, path, parse_overrides(overrides or []))
-    check_names(config)
     if validate:
         config.validate()
     return config

@@ -29,6 +29,13 @@ HUB_REPO_ID = re.compile(r"([A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
 with ``/``, ``.`` or ``~`` is a local folder, never a repo id."""
 
 
+def check_config(config: TPPOConfig) -> None:
+    """Every name of ``config`` against its registry, then its inputs (nothing is loaded): what a
+    command checks after :func:`tppo.config.load_config` and before any model or data set loads."""
+    check_names(config)
+    check_inputs(config)
+
+
 # ------------------------------------------------------------------------------ names
 def check_names(config: TPPOConfig) -> None:
     """Every name in ``config`` against its registry; a :class:`ConfigError` naming the key."""

@@ -82,3 +82,17 @@ def summarize_errors(errors: Sequence[float]) -> dict[str, float]:
         return {"abs": math.nan, "signed": math.nan}
     tensor = torch.tensor(errors, dtype=torch.float64)
     return {"abs": float(tensor.abs().mean()), "signed": float(tensor.mean())}
+
+
+def log_prob_gap(engine_log_probs: Tensor, trainer_log_probs: Tensor, mask: Tensor) -> float:
+    """Mean ``|engine - trainer|`` log-prob over the tokens under ``mask`` (NaN if there are none).
+
+    Both follow one log-prob contract (:mod:`tppo.engines.base`); on tokens the engine generated with
+    the weights the trainer recomputes with, the gap is numerics alone (kernels, batch shapes, dtype).
+    A large gap means ``recompute_old_log_probs: false`` would give a different PPO ratio.
+    """
+    count = int(mask.sum())
+    if count == 0:
+        return math.nan
+    gap = (engine_log_probs.double() - trainer_log_probs.double()).abs()
+    return float(torch.where(mask, gap, 0.0).sum() / count)

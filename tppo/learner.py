@@ -1,5 +1,5 @@
 """The training role: policy and value models with their optimizers, and the phases that use them
-(score, actor, critic), plus the weights the rollout engines sync from.
+(old_forward, actor, critic), plus the weights the rollout engines sync from.
 
 One :class:`Learner` is one training process. In single-process mode the trainer holds one, with the
 whole models. In distributed mode (``distributed.train_workers = M``) each of M workers holds one
@@ -18,6 +18,7 @@ from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
 from tppo.config import TPPOConfig
+from tppo.engines.types import SamplingParams
 from tppo.models import Models, response_log_probs, response_values
 from tppo.rollout.batch import RolloutBatch, shard_packs
 from tppo.update import LossFn, Shard, UpdateSchedule, actor_loss_fn, critic_loss_fn, run_update
@@ -28,7 +29,7 @@ class LearnerRole(Protocol):
 
     device: torch.device
 
-    def score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]: ...
+    def old_forward(self, batch: RolloutBatch) -> dict[str, torch.Tensor]: ...
 
     def set_learning_rates(self, actor_lr: float, critic_lr: float) -> None: ...
 
@@ -65,10 +66,21 @@ class Learner:
         # Every rank draws the same minibatch shuffles, so that they agree on each minibatch's rows.
         self.update_generator = torch.Generator().manual_seed(config.trainer.seed)
 
+    @property
+    def sampling(self) -> SamplingParams:
+        """The rollout's sampling distribution: the actor's log-probs are computed under it."""
+        r = self.config.rollout
+        return SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
+
     @torch.no_grad()
-    def score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
-        """``old_values`` for every response token; ``old_log_probs`` unless the actor's own first
-        forward pass gives them (one epoch, one minibatch: then they are identical).
+    def old_forward(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """What the update compares against, before it changes anything: ``old_values`` for every
+        response token, and ``old_log_probs``:
+
+        * ``algorithm.recompute_old_log_probs: false``: the engine's log-probs (``batch.engine_log_probs``);
+        * ``true``: recomputed with the policy under the same sampling distribution (the engines'
+          log-prob contract), unless the actor's own first forward pass gives them (one epoch, one
+          minibatch: then they are identical, and the key is absent).
 
         Returns ``Tensor[B, T]`` per key, on the batch's device, filled on this rank's rows (all rows
         in single-process mode) and zero elsewhere: the ranks' results add up to the whole.
@@ -85,12 +97,15 @@ class Learner:
         )
         self.models.value.eval()
         out = {"old_values": self._forward_pieces(response_values, self.models.value, batch, packs, padding)}
-        if a.recompute_old_log_probs and (a.ppo_epochs > 1 or a.num_minibatches > 1):
+        if not a.recompute_old_log_probs:
+            pieces = [batch.engine_log_probs[p] for p in packs]
+            out["old_log_probs"] = stitch(packs, pieces, batch.response_mask)
+        elif a.ppo_epochs > 1 or a.num_minibatches > 1:
             self.models.policy.eval()
-            temperature = self.config.rollout.temperature
+            sampling = self.sampling
 
             def log_probs(model: PreTrainedModel, sub: RolloutBatch) -> torch.Tensor:
-                return response_log_probs(model, sub, temperature=temperature)[0]
+                return response_log_probs(model, sub, sampling=sampling)[0]
 
             out["old_log_probs"] = self._forward_pieces(log_probs, self.models.policy, batch, packs, padding)
         return {key: value.to(home) for key, value in out.items()}
@@ -117,7 +132,7 @@ class Learner:
         """The clipped policy update on the batch's ``policy_mask`` tokens."""
         a = self.config.algorithm
         loss_fn = actor_loss_fn(
-            temperature=self.config.rollout.temperature,
+            sampling=self.sampling,
             clip_eps_low=a.clip_eps_low,
             clip_eps_high=a.clip_eps_high,
             dual_clip=a.dual_clip,

@@ -14,7 +14,7 @@ from typing import Any
 PHASES = {  # metric key -> label, in the paper's Fig. 4 order
     "time/generate_s": "generation",
     "time/reward_s": "reward",
-    "time/score_s": "old log-probs + values",
+    "time/old_forward_s": "old log-probs + values",
     "time/actor_s": "actor update",
     "time/critic_s": "critic update",
 }

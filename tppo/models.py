@@ -25,6 +25,8 @@ from transformers import (
 )
 
 from tppo.config import ModelConfig
+from tppo.engines.sampling import token_log_probs_and_entropy
+from tppo.engines.types import SamplingParams
 from tppo.pretrained import PRETRAINED
 from tppo.rollout.batch import RolloutBatch
 
@@ -166,10 +168,13 @@ def disable_dropout(model: nn.Module) -> None:
 
 
 def response_log_probs(
-    policy: PreTrainedModel, batch: RolloutBatch, *, temperature: float
+    policy: PreTrainedModel, batch: RolloutBatch, *, sampling: SamplingParams
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs ``Tensor[B, T]`` of the response tokens under ``log_softmax(logits / temperature)``,
-    and the entropy ``Tensor[B, T]`` of that distribution, at each response position."""
+    """Log-probs ``Tensor[B, T]`` of the response tokens, and the entropy ``Tensor[B, T]``, under the
+    distribution the engines sample from (``logits / temperature``, top-k, top-p, renormalised:
+    :func:`~tppo.engines.sampling.processed_logits`, the engines' log-prob contract), at each
+    response position. Each response token is kept in the filtered support, so its log-prob stays
+    finite after an update moves the nucleus (for the weights that sampled it, that changes nothing)."""
     width_t = batch.response_width
     logits = policy(
         input_ids=batch.input_ids,
@@ -178,11 +183,7 @@ def response_log_probs(
         logits_to_keep=width_t + 1,
         use_cache=False,
     ).logits[:, :-1]  # [B, T, V]: column t predicts response token t
-    log_softmax = torch.log_softmax(logits.float() / temperature, dim=-1)
-    tokens = batch.response_tokens.unsqueeze(-1)  # [B, T, 1]
-    log_probs = log_softmax.gather(-1, tokens).squeeze(-1)
-    entropy = -(log_softmax.exp() * log_softmax).sum(-1)
-    return log_probs, entropy
+    return token_log_probs_and_entropy(logits, batch.response_tokens, sampling)
 
 
 def response_values(value: PreTrainedModel, batch: RolloutBatch) -> torch.Tensor:

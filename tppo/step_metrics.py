@@ -16,12 +16,13 @@ import torch
 from tppo.algorithms import explained_variance, masked_mean, select_tokens
 from tppo.diagnostics import (
     bootstrap_errors,
+    log_prob_gap,
     policy_versions,
     stale_token_fraction,
     summarize_errors,
     tail_advantage_stats,
 )
-from tppo.engines.base import EngineStats
+from tppo.engines.types import LENGTH, EngineStats
 from tppo.rollout.batch import RolloutBatch
 from tppo.rollout.slot_pool import Slot
 
@@ -44,6 +45,7 @@ def step_metrics(
     critic: dict[str, float],
     gamma: float,
     policy_skip_tail: int,
+    recomputed_old_log_probs: bool = True,
 ) -> dict[str, Any]:
     """Step ``step``'s rollout, token, reward, length, advantage and value figures, the updates'
     statistics (``actor/*``, ``critic/*``) and the truncation diagnostics (``diagnostics/*``).
@@ -60,6 +62,8 @@ def step_metrics(
         actor, critic: the two updates' statistics.
         gamma: the discount (bootstrap errors compare with discounted rewards).
         policy_skip_tail: ``algorithm.policy_skip_tail`` (the diagnosed window-edge tail).
+        recomputed_old_log_probs: whether ``old_log_probs`` were recomputed by the trainer (then
+            ``rollout/logprob_gap_abs_mean`` compares them with the engine's on this step's tokens).
     """
     per_token, finished = batch.per_token, batch.is_finished
     lengths = [len(s.response_ids) for s in retired]
@@ -68,7 +72,7 @@ def step_metrics(
         "rollout/new_prompts": new_prompts,
         "rollout/carried": len(finished) - new_prompts,
         "rollout/finished": int(finished.sum()),
-        "rollout/truncated": sum(s.finish == "max_length" for s in retired),
+        "rollout/truncated": sum(s.finish == LENGTH for s in retired),
         "rollout/generated_tokens": engine.generated_tokens,
         "rollout/decode_steps": engine.decode_steps,
         "rollout/slot_utilization": engine.generated_tokens / max(num_slots * engine.decode_steps, 1),
@@ -93,6 +97,12 @@ def step_metrics(
             batch, retired, scores, step=step, gamma=gamma, policy_skip_tail=policy_skip_tail
         )
     )
+    if recomputed_old_log_probs and "old_log_probs" in per_token:
+        # this step's tokens: the engine sampled them with the weights old_forward used
+        this_step = batch.response_mask & (batch.token_steps == step)
+        metrics["rollout/logprob_gap_abs_mean"] = log_prob_gap(
+            batch.engine_log_probs, per_token["old_log_probs"], this_step
+        )
     return metrics
 
 

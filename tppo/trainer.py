@@ -1,6 +1,6 @@
 """The T-PPO trainer: one step = the named phases of DESIGN.md section 1.
 
-    fill -> sync -> generate -> reward -> score -> estimate -> actor -> critic -> retire -> log
+    fill -> sync -> generate -> reward -> old_forward -> estimate -> actor -> critic -> retire -> log
 
 Plain PPO is this same trainer with ``rollout.window_length == rollout.max_response_length``:
 every response then finishes within its step and nothing carries over.
@@ -31,9 +31,9 @@ from tppo.algorithms import (
 )
 from tppo.checkpoint import latest_checkpoint, truncate_lines
 from tppo.config import TPPOConfig, save_config, to_dict
-from tppo.config_checks import check_inputs, check_names
+from tppo.config_checks import check_config
 from tppo.data import build_data
-from tppo.engines import SamplingParams
+from tppo.engines.types import LENGTH, SamplingParams
 from tppo.evaluation import EvalResult, evaluate
 from tppo.faults import crash_point
 from tppo.learner import Learner
@@ -58,7 +58,7 @@ class TrainingError(RuntimeError):
 
 class Trainer:
     """The controller: owns the slot pool and drives the two roles, the rollout engine (sync,
-    generate) and the learner (score, actor, critic), in process or remote (``distributed.*``,
+    generate) and the learner (old_forward, actor, critic), in process or remote (``distributed.*``,
     see :mod:`tppo.roles`); ``train()`` runs the loop."""
 
     def __init__(self, config: TPPOConfig, output_dir: Path, *, models: Models | None = None) -> None:
@@ -68,8 +68,7 @@ class Trainer:
         random.seed(config.trainer.seed)  # every global generator, so a checkpoint's RNG states
         np.random.seed(config.trainer.seed)  # are the same in a resumed and an uninterrupted run
         torch.manual_seed(config.trainer.seed)
-        check_names(config)  # the names (reward included) and the inputs, before anything loads
-        check_inputs(config)
+        check_config(config)  # the names (reward included) and the inputs, before anything loads
         self.vocabulary = models.vocabulary if models is not None else load_vocabulary(config.model)
         data = build_data(config.data, self.vocabulary.tokenizer, seed=config.trainer.seed)
         self.eval_rows = data.held_out  # every row is read and checked before the models load
@@ -134,8 +133,8 @@ class Trainer:
         with self._phase(timer, "reward"):
             scores, reward_problems = self._reward(active)
         batch = collate(active, pad_token_id=self.vocabulary.pad_token_id).to(self.device)
-        with self._phase(timer, "score"):
-            batch.per_token.update(self.learner.score(batch))
+        with self._phase(timer, "old_forward"):
+            batch.per_token.update(self.learner.old_forward(batch))
         with self._phase(timer, "estimate"):
             self._estimate(batch, scores, step)
             _record_bootstraps(active, batch)
@@ -160,6 +159,7 @@ class Trainer:
             critic=critic,
             gamma=a.gamma,
             policy_skip_tail=a.policy_skip_tail,
+            recomputed_old_log_probs=a.recompute_old_log_probs,
         )
         metrics.update(timer.as_metrics())
         metrics.update(worker_metrics(self.engine.workers_of(len(active)), active, step))
@@ -190,7 +190,7 @@ class Trainer:
         scores = torch.zeros(len(active), dtype=torch.float32)
         truncated_reward = self.config.algorithm.truncated_reward
         for i, score in zip(finished, result.scores, strict=True):
-            if truncated_reward is not None and active[i].finish == "max_length":
+            if truncated_reward is not None and active[i].finish == LENGTH:
                 score = truncated_reward
             scores[i] = score
         return scores.to(self.device), (result.errors, result.timeouts)

@@ -17,6 +17,7 @@ from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
 from tppo.algorithms import policy_loss, value_loss
+from tppo.engines.types import SamplingParams
 from tppo.models import response_log_probs, response_values
 from tppo.rollout.batch import RolloutBatch, shard_packs
 
@@ -159,15 +160,16 @@ def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> float:
 
 
 def actor_loss_fn(
-    *, temperature: float, clip_eps_low: float, clip_eps_high: float, dual_clip: float | None
+    *, sampling: SamplingParams, clip_eps_low: float, clip_eps_high: float, dual_clip: float | None
 ) -> LossFn:
-    """The clipped policy objective (paper eq. 1) on ``per_token['policy_mask']``."""
+    """The clipped policy objective (paper eq. 1) on ``per_token['policy_mask']``, with log-probs
+    under the rollout's sampling distribution ``sampling`` (the engines' log-prob contract)."""
 
     def loss_fn(model: PreTrainedModel, sub: RolloutBatch, token_count: float) -> tuple[torch.Tensor, dict]:
-        log_probs, entropy = response_log_probs(model, sub, temperature=temperature)
+        log_probs, entropy = response_log_probs(model, sub, sampling=sampling)
         mask = sub.per_token["policy_mask"]
-        # Absent when the trainer skipped the recompute: with one epoch and one minibatch, this
-        # forward pass runs on exactly the weights that generated, so pi_old == pi_theta here.
+        # Absent only when old_forward skipped the recompute (recompute on, one epoch, one
+        # minibatch): this forward pass then runs on exactly the weights that generated.
         old_log_probs = sub.per_token.get("old_log_probs", log_probs.detach())
         out = policy_loss(
             log_probs,

@@ -245,9 +245,9 @@ class RayLearnerGroup:
         refs = [ray.put(a) if isinstance(a, RolloutBatch) else a for a in args]
         return list(ray.get([w.call.remote(method, *refs) for w in self.workers]))
 
-    def score(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
-        """Each rank scores its rows (zeros elsewhere): the sum is the whole batch's."""
-        parts = self._all("score", batch)
+    def old_forward(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """Each rank fills its rows (zeros elsewhere): the sum is the whole batch's."""
+        parts = self._all("old_forward", batch)
         return {key: torch.stack([p[key] for p in parts]).sum(dim=0) for key in parts[0]}
 
     def set_learning_rates(self, actor_lr: float, critic_lr: float) -> None:

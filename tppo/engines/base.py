@@ -2,22 +2,45 @@
 
 An engine knows nothing of the algorithm. The slot pool hands it one prefix per slot
 (prompt + response so far, as token ids) and a token budget per slot; the engine samples
-continuations and reports, for every new token, its log-probability under the sampling
-distribution ``log_softmax(logits / temperature)`` (before top-p / top-k filtering, so that
-the trainer's recomputed log-probs are directly comparable), and why each row stopped.
+continuations and reports, for every new token, its log-probability, and why each row stopped.
 
-Engines are registered by name in :data:`ENGINES`; ``rollout.engine`` in the config picks one.
+**The log-prob contract** (every engine; ``tests/test_engine_conformance.py`` checks each one): the
+log-probability of the sampled token under the distribution the engine actually sampled it from:
+``logits / temperature``, then top-k, then top-p filtering, renormalised over the kept tokens
+(:func:`tppo.engines.sampling.processed_logits`; vLLM's ``logprobs_mode="processed_logprobs"``).
+Greedy decoding reports ``log_softmax(logits)``. With top-k / top-p active these differ from the
+unfiltered ``log_softmax(logits / temperature)``; the trainer recomputes ``old_log_probs`` (and the
+actor's log-probs) under the same processing, so engine and trainer log-probs agree up to numerics
+(logged as ``rollout/logprob_gap_abs_mean``) and ``algorithm.recompute_old_log_probs: false`` gives
+the same policy ratio as recomputing.
+
+The data types (:class:`SamplingParams`, :class:`Completion`, :data:`FinishReason`,
+:class:`EngineStats`) live in the light :mod:`tppo.engines.types` and are re-exported here.
+
+Engines are registered by name in :data:`ENGINES`; ``rollout.engine`` in the config picks one. The
+built-in ones (``hf``, ``vllm``) are registered as ``"module:Class"`` paths, imported only when
+:func:`get_engine_factory` resolves them, so that listing or checking names imports neither
+transformers nor vLLM.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
+from tppo.engines.types import (
+    FINISH_REASONS,
+    LENGTH,
+    STOP,
+    Completion,
+    EngineStats,
+    FinishReason,
+    SamplingParams,
+)
 from tppo.registry import Registry
 
 if TYPE_CHECKING:
@@ -26,73 +49,9 @@ if TYPE_CHECKING:
     from tppo.config import TPPOConfig
     from tppo.models import Vocabulary
 
-FinishReason = Literal["stop", "length"]
-"""``stop``: the row emitted an end-of-sequence token (kept as its last token);
-``length``: the row used its whole token budget without emitting one."""
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to sample next tokens.
-
-    Attributes:
-        temperature: divides the logits; ``0`` means greedy decoding (argmax).
-        top_p: nucleus sampling, keep the smallest set of tokens whose probability sums to
-            at least ``top_p``; ``1.0`` disables it.
-        top_k: keep only the ``top_k`` most likely tokens; ``0`` disables it.
-    """
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-
-@dataclass
-class Completion:
-    """The continuation of one prefix.
-
-    Attributes:
-        token_ids: the new tokens, at most the row's budget; ends with the EOS token when
-            ``finish_reason == "stop"``.
-        log_probs: ``log_probs[i]`` is the log-probability of ``token_ids[i]`` under
-            ``log_softmax(logits / temperature)`` (raw logits when greedy).
-        finish_reason: ``"stop"`` (EOS emitted) or ``"length"`` (budget used up).
-    """
-
-    token_ids: list[int]
-    log_probs: list[float]
-    finish_reason: FinishReason
-
-    def __post_init__(self) -> None:
-        if len(self.token_ids) != len(self.log_probs):
-            raise ValueError(
-                f"{len(self.token_ids)} tokens but {len(self.log_probs)} log-probs in a completion"
-            )
-
-
-@dataclass
-class EngineStats:
-    """Counters an engine accumulates; the trainer reads and resets them every step."""
-
-    generated_tokens: int = 0
-    decode_steps: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
-
 
 class Engine(abc.ABC):
-    """A generation backend. Subclasses register themselves with :func:`register_engine`."""
+    """A generation backend. Plug-in engines register themselves with :func:`register_engine`."""
 
     def __init__(self) -> None:
         self.stats = EngineStats()
@@ -175,8 +134,12 @@ class SeededEngine(Engine):
 
 EngineT = TypeVar("EngineT", bound="Engine")
 
-ENGINES: Registry[type[Engine]] = Registry("rollout engine")
-"""Engines by name; ``rollout.engine`` in the config picks one."""
+ENGINES: Registry[type[Engine] | str] = Registry("rollout engine")
+"""Engines by name: the class, or ``"module:Class"`` imported on first use (:func:`get_engine_factory`);
+``rollout.engine`` in the config picks one."""
+
+ENGINES.add("hf", "tppo.engines.hf:HFEngine")
+ENGINES.add("vllm", "tppo.engines.vllm:VLLMEngine")
 
 
 def check_requests(prefixes: Sequence[Sequence[int]], max_new_tokens: Sequence[int]) -> None:
@@ -196,6 +159,42 @@ def register_engine(name: str) -> Callable[[type[EngineT]], type[EngineT]]:
     return ENGINES.register(name)
 
 
+def engine_names() -> list[str]:
+    """The registered engine names, sorted (imports no engine)."""
+    return sorted(ENGINES)
+
+
+def is_engine_name(name: str) -> bool:
+    """Whether ``name`` is a registered engine (imports no engine; for config validation, whose error
+    can quote ``ENGINES.unknown_message(name)``)."""
+    return name in ENGINES
+
+
 def get_engine_factory(name: str) -> type[Engine]:
-    """The engine class registered as ``name`` (build it with ``.from_config(config, models)``)."""
-    return ENGINES.get(name)
+    """The engine class registered as ``name`` (build it with ``.from_config(...)``); a ``"module:Class"``
+    entry is imported now. ``KeyError`` naming the registered engines for an unknown name."""
+    entry = ENGINES.get(name)
+    if isinstance(entry, str):
+        module, _, attr = entry.partition(":")
+        cls: type[Engine] = getattr(importlib.import_module(module), attr)
+        return cls
+    return entry
+
+
+__all__ = [
+    "ENGINES",
+    "FINISH_REASONS",
+    "LENGTH",
+    "STOP",
+    "Completion",
+    "Engine",
+    "EngineStats",
+    "FinishReason",
+    "SamplingParams",
+    "SeededEngine",
+    "check_requests",
+    "engine_names",
+    "get_engine_factory",
+    "is_engine_name",
+    "register_engine",
+]

@@ -27,15 +27,9 @@ from torch import nn
 from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer, LinearAttentionCacheLayerMixin
 
-from tppo.engines.base import (
-    Completion,
-    FinishReason,
-    SamplingParams,
-    SeededEngine,
-    check_requests,
-    register_engine,
-)
+from tppo.engines.base import SeededEngine, check_requests
 from tppo.engines.sampling import sample_tokens
+from tppo.engines.types import LENGTH, STOP, Completion, FinishReason, SamplingParams
 
 
 @dataclass
@@ -45,15 +39,17 @@ class _Row:
     budget: int
     token_ids: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
-    finish_reason: FinishReason = "length"
+    finish_reason: FinishReason = LENGTH
 
     def completion(self) -> Completion:
         return Completion(list(self.token_ids), list(self.log_probs), self.finish_reason)
 
 
-@register_engine("hf")
 class HFEngine(SeededEngine):
-    """Generate with a Hugging Face decoder-only model held in this process.
+    """Generate with a Hugging Face decoder-only model held in this process (``rollout.engine: hf``).
+
+    Tokens are drawn from, and log-probs reported under, :func:`~tppo.engines.sampling.processed_logits`
+    (the log-prob contract of :mod:`tppo.engines.base`).
 
     Args:
         model: the causal LM to sample from (typically the policy being trained).
@@ -235,8 +231,8 @@ class HFEngine(SeededEngine):
             row.token_ids.append(token)
             row.log_probs.append(log_prob)
             if token in self.eos_token_ids:
-                row.finish_reason = "stop"
-            done.append(row.finish_reason == "stop" or len(row.token_ids) >= row.budget)
+                row.finish_reason = STOP
+            done.append(row.finish_reason == STOP or len(row.token_ids) >= row.budget)
         return done
 
     def _forward(

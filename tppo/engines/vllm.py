@@ -13,12 +13,11 @@ How it is wired:
 - **Generate.** Every slot's prefix (prompt + response so far) is one ``TokensPrompt``, continued by
   at most its budget with ``max_tokens``; EOS ids are ``stop_token_ids`` (kept as the last token),
   so a ``stop`` finish is an EOS and ``length`` a spent budget. ``logprobs=0`` returns the sampled
-  token's log-prob; the ``LLM`` is built with ``logprobs_mode="processed_logprobs"``, which is
-  ``log_softmax(logits / temperature)`` as the :class:`~tppo.engines.base.Engine` contract asks,
-  *as long as top-k / top-p filter nothing*; with an active filter vLLM renormalises over the kept
-  tokens, which the HF engine does not (the trainer recomputes ``old_log_probs`` by default, see
-  ``algorithm.recompute_old_log_probs``). Each request gets its own seed, drawn from the engine's
-  generator, so a run (and an evaluation after :meth:`reseed`) is reproducible.
+  token's log-prob; the ``LLM`` is built with ``logprobs_mode="processed_logprobs"``: the log-prob
+  under ``logits / temperature`` after top-k and top-p filtering, renormalised, which is the
+  log-prob contract of :mod:`tppo.engines.base` (greedy: ``log_softmax(logits)``). Each request gets
+  its own seed, drawn from the engine's generator, so a run (and an evaluation after :meth:`reseed`)
+  is reproducible.
 - **Weight sync** (:meth:`VLLMEngine.update_weights`). ``LLM.collective_rpc`` runs
   :meth:`WeightSyncExtension.tppo_reload_weights`, a method mixed into every vLLM worker
   (``worker_extension_cls``, as verl and TRL do), on each worker: the worker's own ``reload_weights`` (vLLM's
@@ -51,14 +50,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import PreTrainedModel
 
-from tppo.engines.base import (
-    Completion,
-    FinishReason,
-    SamplingParams,
-    SeededEngine,
-    check_requests,
-    register_engine,
-)
+from tppo.engines.base import SeededEngine, check_requests
+from tppo.engines.types import LENGTH, STOP, Completion, FinishReason, SamplingParams
 
 if TYPE_CHECKING:
     from tppo.config import TPPOConfig, VLLMConfig
@@ -89,7 +82,6 @@ def import_vllm() -> Any:
     return vllm
 
 
-@register_engine("vllm")
 class VLLMEngine(SeededEngine):
     """Generate with a vLLM ``LLM`` whose weights are replaced in place by :meth:`update_weights`.
 
@@ -174,7 +166,7 @@ class VLLMEngine(SeededEngine):
         self._check_inputs(prefixes, max_new_tokens)
         started = time.perf_counter()
         todo = [i for i, n in enumerate(max_new_tokens) if n > 0]
-        completions = [Completion([], [], "length") for _ in prefixes]
+        completions = [Completion([], [], LENGTH) for _ in prefixes]
         if todo:
             self._wake_up()
             outputs = self.llm.generate(
@@ -268,10 +260,10 @@ class VLLMEngine(SeededEngine):
         if log_probs is None:
             raise RuntimeError(f"vLLM returned no log-prob for some sampled tokens of row {row}")
         reason: FinishReason
-        if output.finish_reason == "stop" and token_ids and token_ids[-1] in self.eos_token_ids:
-            reason = "stop"
-        elif output.finish_reason == "length":
-            reason = "length"
+        if output.finish_reason == STOP and token_ids and token_ids[-1] in self.eos_token_ids:
+            reason = STOP
+        elif output.finish_reason == LENGTH:
+            reason = LENGTH
         else:
             raise RuntimeError(
                 f"vLLM finished row {row} with {output.finish_reason!r} (stop reason "

@@ -11,13 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from tppo.engines.base import Completion
+from tppo.engines.types import LENGTH, STOP, Completion, FinishReason
 from tppo.rollout.prompts import Prompt, PromptStream
-
-SlotFinish = Literal["eos", "max_length"]
-"""``eos``: the response emitted an end-of-sequence token; ``max_length``: it reached L."""
 
 
 @dataclass
@@ -30,7 +27,8 @@ class Slot:
         response_ids: response tokens so far (all steps).
         log_probs: the engine's log-prob of each response token, under the policy of its step.
         token_steps: the step that generated each response token.
-        finish: ``None`` while unfinished; why it finished otherwise.
+        finish: ``None`` while unfinished; why it finished otherwise: ``"stop"`` (it emitted an
+            end-of-sequence token) or ``"length"`` (it reached ``max_response_length`` L).
         bootstrap_positions: for each window edge the response crossed unfinished, the index of
             the window's last token (where EGAE bootstrapped with ``V(s_{b-1})``).
         bootstrap_values: the value estimate used as the bootstrap at each of those edges.
@@ -41,7 +39,7 @@ class Slot:
     response_ids: list[int] = field(default_factory=list)
     log_probs: list[float] = field(default_factory=list)
     token_steps: list[int] = field(default_factory=list)
-    finish: SlotFinish | None = None
+    finish: FinishReason | None = None
     bootstrap_positions: list[int] = field(default_factory=list)
     bootstrap_values: list[float] = field(default_factory=list)
 
@@ -105,10 +103,10 @@ class SlotPool:
             slot.response_ids.extend(completion.token_ids)
             slot.log_probs.extend(completion.log_probs)
             slot.token_steps.extend([step] * len(completion.token_ids))
-            if completion.finish_reason == "stop" and slot.response_ids and slot.response_ids[-1] in eos:
-                slot.finish = "eos"
+            if completion.finish_reason == STOP and slot.response_ids and slot.response_ids[-1] in eos:
+                slot.finish = STOP
             elif len(slot.response_ids) >= self.max_response_length:
-                slot.finish = "max_length"
+                slot.finish = LENGTH
 
     def retire(self) -> list[Slot]:
         """Empty the finished slots and return them (in slot order)."""
