@@ -25,8 +25,8 @@ def slot(uid, start_step, steps, finish=None, bootstraps=()):
 def step_two():
     """Step 2 of a run with window 2: slot a (from step 1) finishes by EOS, slot b (from step 0)
     reaches the maximum length, slot c (new) carries on."""
-    a = slot(0, 1, [1, 1, 2], "eos", bootstraps=[(1, 0.25)])
-    b = slot(1, 0, [0, 0, 1, 1, 2], "max_length", bootstraps=[(1, 0.5), (3, -0.5)])
+    a = slot(0, 1, [1, 1, 2], "stop", bootstraps=[(1, 0.25)])
+    b = slot(1, 0, [0, 0, 1, 1, 2], "length", bootstraps=[(1, 0.5), (3, -0.5)])
     c = slot(2, 2, [2, 2])
     batch = collate([a, b, c], pad_token_id=0)
     mask = batch.response_mask

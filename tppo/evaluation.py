@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from tppo.engines.base import Engine, SamplingParams
+from tppo.engines.types import LENGTH
 from tppo.rewards import ScoredBatch
 from tppo.rollout.prompts import PromptRow
 
@@ -134,7 +135,7 @@ def evaluate(
             result.scores.append(scored.scores[part])
             result.responses.append(texts[part])
             result.lengths.append([len(c.token_ids) for c in completions[part]])
-            result.truncated.append([c.finish_reason == "length" for c in completions[part]])
+            result.truncated.append([c.finish_reason == LENGTH for c in completions[part]])
         if on_batch is not None:
             on_batch(result, len(chunk))
     return result
