@@ -33,7 +33,7 @@ class AdvantageEstimator(Protocol):
         is_finished: Tensor,
         *,
         gamma: float,
-        gae_lambda: float,
+        gae_lambda: float | Tensor,
     ) -> Tensor: ...
 
 
@@ -59,6 +59,21 @@ def _check_discount(**factors: float) -> None:
             raise ValueError(f"{name} must be in [0, 1], got {factor}")
 
 
+def _response_lambda(gae_lambda: float | Tensor, response_mask: Tensor, dtype: torch.dtype) -> float | Tensor:
+    """A float lambda checked and returned as is; a per-response ``Tensor[B]`` checked, in ``dtype``."""
+    if not isinstance(gae_lambda, Tensor):
+        _check_discount(gae_lambda=gae_lambda)
+        return gae_lambda
+    if gae_lambda.shape != response_mask.shape[:1] or not gae_lambda.is_floating_point():
+        raise ValueError(
+            f"gae_lambda must be a float or a float Tensor[B] with B = {response_mask.shape[0]}, "
+            f"got {gae_lambda.dtype} of shape {tuple(gae_lambda.shape)}"
+        )
+    if not bool(((gae_lambda >= 0) & (gae_lambda <= 1)).all()):
+        raise ValueError("every per-response gae_lambda must be in [0, 1]")
+    return gae_lambda.detach().to(dtype)
+
+
 def _check_same_shape(reference: Tensor, **tensors: Tensor) -> None:
     for name, tensor in tensors.items():
         if tensor.shape != reference.shape:
@@ -68,16 +83,20 @@ def _check_same_shape(reference: Tensor, **tensors: Tensor) -> None:
             )
 
 
-def _reverse_discounted_cumsum(x: Tensor, discount: float, length: int) -> Tensor:
+def _reverse_discounted_cumsum(x: Tensor, discount: float | Tensor, length: int) -> Tensor:
     """``y_t = x_t + discount * y_{t+1}`` for ``t < length`` (``y_length = 0``), zeros after.
 
     ``x: Tensor[B, T]``; a reverse loop over the ``length`` columns, vectorised over rows.
+    ``discount``: a float, a ``Tensor[B]`` (one per row) or a ``Tensor[B, T]`` (column ``t`` uses
+    ``discount[:, t]``: ``y_t = x_t + discount_t * y_{t+1}``).
     """
     batch_size, num_columns = x.shape
     running = x.new_zeros(batch_size)  # [B]
     columns = []
+    per_column = isinstance(discount, Tensor) and discount.dim() == 2
     for t in range(length - 1, -1, -1):
-        running = x[:, t] + discount * running
+        factor = discount[:, t] if per_column else discount  # type: ignore[index]
+        running = x[:, t] + factor * running
         columns.append(running)
     columns.reverse()
     head = torch.stack(columns, dim=1) if columns else x.new_zeros(batch_size, 0)  # [B, length]
@@ -92,7 +111,7 @@ def egae(
     is_finished: Tensor,
     *,
     gamma: float,
-    gae_lambda: float,
+    gae_lambda: float | Tensor,
 ) -> Tensor:
     """Extended GAE (paper eq. 6): GAE that bootstraps truncated responses with ``V(s_b) := V(s_{b-1})``.
 
@@ -118,7 +137,9 @@ def egae(
         response_mask: ``Tensor[B, T]`` bool, a prefix run per row (True at columns ``0 .. b-1``).
         is_finished: ``Tensor[B]`` bool, the row is terminal at its last valid token.
         gamma: discount in ``[0, 1]``.
-        gae_lambda: GAE lambda in ``[0, 1]``.
+        gae_lambda: GAE lambda in ``[0, 1]``: a float for every row, or a ``Tensor[B]`` float of
+            one lambda per response (e.g. :func:`length_adaptive_lambda`). A float gives exactly
+            the results it always gave; a tensor of that same value gives the same numbers.
 
     Returns:
         ``Tensor[B, T]`` raw advantages (float32, or the inputs' wider float dtype), exactly ``0``
@@ -129,7 +150,23 @@ def egae(
         ValueError: a row of ``response_mask`` is not a prefix run, shapes disagree, or ``gamma`` /
         ``gae_lambda`` lie outside ``[0, 1]``. TypeError: a mask is not bool.
     """
-    _check_discount(gamma=gamma, gae_lambda=gae_lambda)
+    deltas = egae_deltas(rewards, values, response_mask, is_finished, gamma=gamma)  # [B, T]
+    lam = _response_lambda(gae_lambda, response_mask, deltas.dtype)  # float or [B]
+    lengths = response_mask.sum(-1)  # [B], a prefix run (checked by egae_deltas)
+    max_length = int(lengths.max()) if lengths.numel() else 0
+    return _reverse_discounted_cumsum(deltas, gamma * lam, max_length)
+
+
+def egae_deltas(
+    rewards: Tensor, values: Tensor, response_mask: Tensor, is_finished: Tensor, *, gamma: float
+) -> Tensor:
+    """The TD residuals of :func:`egae`: ``delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)``.
+
+    ``V(s_b) = 0`` for a finished row, ``V(s_b) := V(s_{b-1})`` for an unfinished one (paper eq. 6);
+    ``Tensor[B, T]``, ``0`` where ``response_mask`` is False (garbage there is never read). Checks
+    its inputs as :func:`egae` does.
+    """
+    _check_discount(gamma=gamma)
     lengths = prefix_lengths(response_mask)  # [B]
     _check_same_shape(response_mask, rewards=rewards, values=values)
     check_is_finished(is_finished, response_mask.shape[0])
@@ -142,9 +179,7 @@ def egae(
     bootstrap = torch.where(is_finished[:, None], 0.0, v)  # V(s_b) as seen from t = b-1
     next_v = torch.cat([v[:, 1:], v.new_zeros(v.shape[0], 1)], dim=1)  # [B, T], values[t+1]
     next_v = torch.where(is_last, bootstrap, next_v)  # [B, T], V(s_{t+1})
-    deltas = torch.where(response_mask, r + gamma * next_v - v, 0.0)  # [B, T]
-    max_length = int(lengths.max()) if lengths.numel() else 0
-    return _reverse_discounted_cumsum(deltas, gamma * gae_lambda, max_length)
+    return torch.where(response_mask, r + gamma * next_v - v, 0.0)  # [B, T]
 
 
 def gae(
@@ -153,14 +188,14 @@ def gae(
     response_mask: Tensor,
     *,
     gamma: float,
-    gae_lambda: float,
+    gae_lambda: float | Tensor,
 ) -> Tensor:
     """GAE (paper eqs. 2-3), every row terminal at its last valid token: :func:`egae` with all finished.
 
     ``delta_t = r_t + gamma * V(s_{t+1}) - V(s_t)`` with ``V(s_b) = 0``;
     ``A_t = sum_{k=0}^{b-1-t} (gamma * gae_lambda)^k * delta_{t+k}``. With ``gamma = gae_lambda = 1``,
-    ``A_t = R_t - V(s_t)`` where ``R_t`` is the reward-to-go. Shapes, dtype and edge cases as
-    :func:`egae`.
+    ``A_t = R_t - V(s_t)`` where ``R_t`` is the reward-to-go. ``gae_lambda``: a float or one per
+    response (``Tensor[B]``). Shapes, dtype and edge cases as :func:`egae`.
     """
     is_finished = torch.ones(response_mask.shape[:1], dtype=torch.bool, device=response_mask.device)
     return egae(rewards, values, response_mask, is_finished, gamma=gamma, gae_lambda=gae_lambda)
@@ -216,8 +251,40 @@ def _gae_estimator(
     is_finished: Tensor,
     *,
     gamma: float,
-    gae_lambda: float,
+    gae_lambda: float | Tensor,
 ) -> Tensor:
     """:func:`gae`; ``is_finished`` is ignored (every row is treated as terminal)."""
     del is_finished
     return gae(rewards, values, response_mask, gamma=gamma, gae_lambda=gae_lambda)
+
+
+def length_adaptive_lambda(response_lengths: Tensor, *, alpha: float) -> Tensor:
+    """VAPO's length-adaptive GAE lambda for the policy: ``clamp(1 - 1 / (alpha * length), 0, 1)``.
+
+    VAPO (Yue et al. 2025) sets the policy's lambda per response so that ``sum_t lambda^t``, the
+    effective horizon ``1 / (1 - lambda)``, grows with the response: ``1 / (1 - lambda) = alpha *
+    length`` (VAPO: ``alpha = 0.05``). Short responses get a small lambda (low variance), long ones
+    a lambda near 1 (low bias). A length of 0 gives 0 (a row with no tokens has no advantages).
+    For an *unfinished* response (truncated by the window), ``length`` is its length so far: the
+    tokens generated up to this step, not the length it will have. The value target stays
+    Monte-Carlo (lambda 1), as in VAPO; this lambda is for the policy's advantages only.
+
+    Args:
+        response_lengths: ``Tensor[B]``, integer or float, each response's number of tokens.
+        alpha: ``> 0``.
+
+    Returns:
+        ``Tensor[B]`` float32 (float64 for float64 lengths) in ``[0, 1]``, to pass as ``gae_lambda``
+        to :func:`egae` or :func:`gae`.
+    """
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if response_lengths.dim() != 1:
+        raise ValueError(f"response_lengths must be a Tensor[B], got shape {tuple(response_lengths.shape)}")
+    lengths = response_lengths.to(float_dtype(response_lengths))  # [B]
+    if bool((lengths < 0).any()):
+        raise ValueError("response_lengths must be >= 0")
+    positive = lengths > 0
+    safe = torch.where(positive, lengths, 1.0)  # no division by 0 where the length is 0
+    lam = (1.0 - 1.0 / (alpha * safe)).clamp(0.0, 1.0)
+    return torch.where(positive, lam, 0.0)

@@ -203,3 +203,37 @@ def value_loss(
             values_mean=masked_mean(v, mask),
             returns_mean=masked_mean(target, mask),
         )
+
+
+def positive_lm_loss(
+    log_probs: Tensor,
+    rewards: Tensor,
+    response_mask: Tensor,
+    *,
+    token_count: int | float | Tensor | None = None,
+) -> Tensor:
+    """VAPO's positive-example language-model loss: the token-mean NLL of responses with reward 1.
+
+    ``loss = -sum_{b, t} positive_b * response_mask_{b,t} * log_probs_{b,t} / max(1, token_count)``
+    with ``positive_b = (rewards_b == 1)`` and ``token_count`` the number of response tokens of the
+    positive rows unless given (pass the whole minibatch's count so that the pieces add up, as for
+    :func:`policy_loss`). No positive response (or no token) gives a loss of 0 that still has a
+    gradient graph. Log-probs outside the positive rows' tokens are never read.
+
+    Args:
+        log_probs: ``Tensor[B, T]`` float, ``log pi_theta(a_t | s_t)`` (with grad).
+        rewards: ``Tensor[B]``, each response's outcome reward (1 = correct).
+        response_mask: ``Tensor[B, T]`` bool, the response tokens.
+        token_count: the denominator; default the number of positive rows' response tokens.
+
+    Returns:
+        A 0-dim tensor to add (times ``algorithm.positive_lm_coef``) to the policy loss.
+    """
+    check_mask(response_mask, log_probs, name="response_mask", like_name="log_probs")
+    if rewards.shape != response_mask.shape[:1]:
+        raise ValueError(
+            f"rewards must have shape [B] = {tuple(response_mask.shape[:1])}, got {tuple(rewards.shape)}"
+        )
+    mask = response_mask & (rewards == 1)[:, None]  # [B, T]
+    nll = -torch.where(mask, log_probs.to(float_dtype(log_probs)), 0.0)  # [B, T]
+    return global_token_mean(nll, mask, token_count)
