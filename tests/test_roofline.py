@@ -131,3 +131,20 @@ def test_accelerator_roofs_by_hand():
         attainable_flops(-1, h200)
     with pytest.raises(KeyError):
         ACCELERATORS.get("H900")
+
+
+def test_the_cpu_measurement_script_writes_its_figures(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "roofline_cpu.py"
+    out = tmp_path / "cpu.json"
+    args = ["--n", "64", "--copy-mib", "4", "--repeats", "1", "--json", str(out)]
+    result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, check=True)
+    assert "command:" in result.stdout and "GFLOP/s" in result.stdout
+    figures = json.loads(out.read_text())
+    assert figures["matmul_n"] == 64 and figures["threads"] == 1
+    for key in ("matmul_gflops", "copy_gb_s", "read_gb_s", "ridge_flops_per_byte"):
+        assert figures[key] > 0
