@@ -15,6 +15,7 @@ from tppo.analysis import (
     ratio_bootstrap_ci,
     significant,
     time_to_target,
+    vs_baseline,
 )
 
 # --- percentiles and the bootstrap ------------------------------------------------------------------
@@ -170,3 +171,27 @@ def test_area_under_curve_checks_its_inputs():
         area_under_curve([0.0], [0.1], budget=0.0)
     with pytest.raises(ValueError, match=">= 0"):
         area_under_curve([-1.0, 2.0], [0.1, 0.2], budget=5.0)
+
+
+# --- one method against the baseline ------------------------------------------------------------------
+
+
+def test_vs_baseline_by_hand():
+    # Accuracy differences 0.1, 0.1, 0.1: mean 0.1, every resample 0.1 -> CI [0.1, 0.1], significant.
+    # Times: seed 0 200 / 100 = 2, seed 1 300 / 150 = 2, seed 2 the method never reached it -> left out.
+    out = vs_baseline([0.5, 0.6, 0.4], [0.4, 0.5, 0.3], [100.0, 150.0, None], [200.0, 300.0, 250.0])
+    accuracy = out["accuracy_diff_at_budget"]
+    assert isinstance(accuracy, dict)
+    assert accuracy["mean"] == pytest.approx(0.1)
+    assert accuracy["ci95"] == pytest.approx([0.1, 0.1])
+    assert out["speedup_to_target"] == {"mean": 2.0, "ci95": [2.0, 2.0]}
+    assert out["significant"] is True and out["speedup_significant"] is True
+    assert (out["speedup_pairs"], out["speedup_pairs_left_out"]) == (2, 1)
+
+
+def test_vs_baseline_without_any_pair_at_the_target():
+    out = vs_baseline([0.5, 0.3], [0.4, 0.4], [None, 10.0], [5.0, None])
+    assert out["speedup_to_target"] is None and out["speedup_significant"] is False
+    assert out["significant"] is False  # differences +0.1 and -0.1
+    with pytest.raises(ValueError, match="paired"):
+        vs_baseline([0.5], [0.4], [1.0, 2.0], [1.0])

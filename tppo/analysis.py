@@ -16,7 +16,7 @@ import itertools
 import math
 import random
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 
@@ -222,3 +222,52 @@ def area_under_curve(times: Sequence[float], accuracies: Sequence[float], *, bud
         a_end = a0 + (a1 - a0) * (end - t0) / (t1 - t0)
         area += 0.5 * (a0 + a_end) * (end - t0)
     return area / budget
+
+
+def vs_baseline(
+    accuracy: Sequence[float],
+    baseline_accuracy: Sequence[float],
+    times_to_target: Sequence[float | None],
+    baseline_times_to_target: Sequence[float | None],
+    *,
+    n_resamples: int = 10000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, object]:
+    """One method against the baseline (PPO), seed by seed: the ``vs_ppo`` entry of ``summary.json``.
+
+    Args:
+        accuracy, baseline_accuracy: held-out accuracy at the budget, one per seed, same seed order.
+        times_to_target, baseline_times_to_target: seconds to the target (:func:`time_to_target`), None
+            where the run never reached it.
+
+    Returns:
+        ``{"accuracy_diff_at_budget": {"mean", "ci95"}, "speedup_to_target": {"mean", "ci95"} or None,
+        "significant": bool, "speedup_significant": bool, "speedup_pairs": int,
+        "speedup_pairs_left_out": int}``. ``significant``: the accuracy difference's CI excludes 0;
+        ``speedup_significant``: the speed-up's CI (``baseline_time / time``) excludes 1. The speed-up
+        uses only the seeds where both runs reached the target; the others are counted in
+        ``speedup_pairs_left_out`` (a method that misses the target on a seed where the baseline
+        meets it is slower there, which the speed-up does not show: read the two together).
+    """
+
+    def resampled(ci: Callable[..., BootstrapCI], a: Sequence[float], b: Sequence[float]) -> BootstrapCI:
+        return ci(a, b, n_resamples=n_resamples, confidence=confidence, seed=seed)
+
+    accuracy_ci = resampled(paired_bootstrap_ci, accuracy, baseline_accuracy)
+    if len(times_to_target) != len(baseline_times_to_target):
+        raise ValueError("paired by seed: the two lists of times to target differ in length")
+    pairs = [
+        (float(base), float(mine))
+        for mine, base in zip(times_to_target, baseline_times_to_target, strict=True)
+        if mine is not None and base is not None
+    ]
+    speedup = resampled(ratio_bootstrap_ci, [b for b, _ in pairs], [m for _, m in pairs]) if pairs else None
+    return {
+        "accuracy_diff_at_budget": accuracy_ci.as_dict(),
+        "speedup_to_target": speedup.as_dict() if speedup is not None else None,
+        "significant": significant(accuracy_ci, 0.0),
+        "speedup_significant": speedup is not None and significant(speedup, 1.0),
+        "speedup_pairs": len(pairs),
+        "speedup_pairs_left_out": len(times_to_target) - len(pairs),
+    }

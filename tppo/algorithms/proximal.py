@@ -214,7 +214,9 @@ def ewma_update(
 
     Called after every optimizer step (Hilton, Cobbe, Schulman 2022, ``beta = decay``). ``decay = 0``
     copies the policy (PPO's ``pi_old`` after the step); ``decay = 1`` leaves the proximal policy as
-    it is. Each proximal tensor keeps its dtype (the policy's values are cast to it).
+    it is. Each proximal tensor keeps its dtype (the policy's values are cast to it). A module
+    contributes its ``parameters()`` (in registration order, tied weights once); buffers are not
+    averaged (they are not trained: rotary tables and the like are the same in both models).
 
     Args:
         proximal_params: the EWMA model (or its parameter tensors), modified in place.
