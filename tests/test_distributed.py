@@ -133,10 +133,11 @@ def test_two_fsdp_training_workers_match_the_single_process_update(tmp_path):
         for update in ("update_actor", "update_critic"):
             want, have = getattr(local, update)(batch), getattr(group, update)(batch)
             assert want["updates"] == have["updates"] == 4  # 2 epochs x 2 minibatches
-            # means of float32 sums in other orders (measured: <= 3e-7 relative); grad_norm is the
-            # norm before clipping of the gradient summed over both ranks (a mean would halve it)
+            # means of float32 sums in other orders (measured: <= 3e-7 relative on an AVX-512
+            # Intel CPU, 1.5e-6 on an AMD EPYC); grad_norm is the norm before clipping of the
+            # gradient summed over both ranks (a mean would halve it, far outside this tolerance)
             for key in ("loss", "grad_norm", "clipfrac"):
-                assert have[key] == pytest.approx(want[key], rel=1e-6, abs=1e-7), (update, key)
+                assert have[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), (update, key)
         group.save(tmp_path)  # gathered from the shards
         value = AutoModelForTokenClassification.from_pretrained(tmp_path / "value")
         values = {n: p.detach() for n, p in value.named_parameters()}
