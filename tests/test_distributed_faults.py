@@ -48,30 +48,34 @@ def run(overrides, out):
     trainer = Trainer(load_config(None, overrides), out)
     try:
         history = trainer.train()
-        weights = {n: t.clone() for n, t in trainer.learner.policy_weights()}
-        return trainer, history, weights
+        return history, {n: t.clone() for n, t in trainer.learner.policy_weights()}
     finally:
         trainer.close()
 
 
-def comparable(history, drop=("time/", "faults/")):
-    return [{k: v for k, v in row.items() if not k.startswith(drop)} for row in history]
+def logged(out):
+    """The rows of ``metrics.jsonl`` (as JSON, NaN is one object: rows with NaNs compare equal)."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def comparable(out, drop=("time/", "faults/")):
+    return [{k: v for k, v in row.items() if not k.startswith(drop)} for row in logged(out)]
 
 
 def logged_steps(out):
-    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [row["step"] for row in logged(out)]
 
 
 def test_a_rollout_worker_killed_mid_generation_is_replaced_and_nothing_is_lost(tmp_path, monkeypatch):
     overrides = [*SMALL, "distributed.rollout_workers=2"]
-    _, expected, expected_weights = run(overrides, tmp_path / "reference")
+    expected, expected_weights = run(overrides, tmp_path / "reference")
     monkeypatch.setenv("TPPO_CRASH_AT", "rollout1_generate@1")  # worker 1, in step 1's generation
-    _, history, weights = run(overrides, tmp_path / "crashed")
+    history, weights = run(overrides, tmp_path / "crashed")
     assert [row["faults/rollout_worker_restarts"] for row in history] == [0, 1, 0]
     assert [row["faults/rollout_worker_restarts"] for row in expected] == [0, 0, 0]
     # the replacement had the synced weights and its predecessor's RNG state, and redid the lost
     # share from the controller's prefixes: the same completions, so the same run
-    assert comparable(history) == comparable(expected)
+    assert comparable(tmp_path / "crashed") == comparable(tmp_path / "reference")
     assert sum(row["rollout/carried_worker1"] for row in history[1:]) > 0
     for name, tensor in expected_weights.items():
         assert torch.equal(weights[name], tensor), name
@@ -85,14 +89,14 @@ def test_a_training_worker_killed_mid_update_is_rebuilt_from_the_last_checkpoint
         "trainer.checkpoint_every=2",  # the newest checkpoint at the crash is step 0's
         "trainer.max_restarts=1",
     ]
-    _, expected, expected_weights = run(overrides, tmp_path / "reference")
+    _, expected_weights = run(overrides, tmp_path / "reference")
     monkeypatch.setenv("TPPO_CRASH_AT", "train1_update_actor@1")  # rank 1, mid step 1
     monkeypatch.setenv("TPPO_CRASH_ONCE", str(tmp_path / "crashed_once"))
-    _, history, weights = run(overrides, tmp_path / "crashed")
+    history, weights = run(overrides, tmp_path / "crashed")
     assert (tmp_path / "crashed_once").exists()  # the worker did die
     assert [row["step"] for row in history] == [0, 1, 2]
     assert logged_steps(tmp_path / "crashed") == [0, 1, 2]  # step 0 again after the rebuild, once
-    assert comparable(history) == comparable(expected)
+    assert comparable(tmp_path / "crashed") == comparable(tmp_path / "reference")
     for name, tensor in expected_weights.items():
         assert torch.equal(weights[name], tensor), name
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from tppo.checkpoint import latest_checkpoint
 from tppo.config import TPPOConfig
+from tppo.engines.base import Engine
 from tppo.faults import WorkerLost
 from tppo.learner import LearnerRole
 from tppo.roles import build_learner
@@ -30,6 +31,7 @@ class Trainer(Protocol):
     config: TPPOConfig
     output_dir: Path
     learner: LearnerRole
+    engine: Engine
     step: int
 
     @property
@@ -76,4 +78,5 @@ def train_with_restarts(trainer: Trainer, run: Callable[[], list[dict[str, Any]]
             )
             trainer.learner.close()
             trainer.learner = build_learner(trainer.config)
+            trainer.engine.pop_stats()  # the abandoned step's generation counts nowhere
             trainer.resume(checkpoint)

@@ -66,19 +66,38 @@ def _actor_class(cls: type, resources: WorkerResources) -> Any:
     return ray.remote(**options)(cls)
 
 
+DEATH_NOTICE_S = 30.0
+"""How long a failed call waits for Ray to report a peer dead (a rank whose peer died mid-collective
+fails with a connection error first)."""
+
+
 def wait_all(refs: Sequence[Any], describe: Callable[[int], str]) -> list[Any]:
     """``ray.get(refs)``, but failing as soon as one worker is dead (the others may be blocked in a
     collective with it and never return): :class:`~tppo.faults.WorkerLost` naming
-    ``describe(index)``."""
-    index = {ref: i for i, ref in enumerate(refs)}
+    ``describe(index)``. A call that fails otherwise re-raises its error, unless a peer died."""
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=1)
         try:
             ray.get(ready[0])
-        except ray.exceptions.RayActorError as error:
-            raise WorkerLost(f"{describe(index[ready[0]])} died: {type(error).__name__}") from error
+        except ray.exceptions.RayError as error:
+            dead = isinstance(error, ray.exceptions.RayActorError)
+            _raise_if_dead(refs, describe, timeout=0.0 if dead else DEATH_NOTICE_S)
+            raise
     return list(ray.get(list(refs)))
+
+
+def _raise_if_dead(refs: Sequence[Any], describe: Callable[[int], str], *, timeout: float) -> None:
+    """:class:`~tppo.faults.WorkerLost` for the first call in ``refs`` whose worker died (waiting up to
+    ``timeout`` seconds for every call to finish or fail)."""
+    ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+    for index, ref in enumerate(refs):
+        try:
+            ray.get(ref, timeout=0)
+        except ray.exceptions.RayActorError as error:
+            raise WorkerLost(f"{describe(index)} died: {type(error).__name__}") from error
+        except Exception:  # other failures, and calls still running: not a death
+            continue
 
 
 def _set_threads(resources: WorkerResources) -> None:
