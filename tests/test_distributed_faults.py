@@ -2,7 +2,8 @@
 point, :mod:`tppo.faults`): a rollout worker is replaced and its share of the generation redone, a
 training group is rebuilt from the newest checkpoint, and either way the run ends as the
 uninterrupted one does (every step logged once, the same metrics apart from times and the fault
-counter); a training worker that keeps dying stops the run (exit code 1) naming the checkpoint.
+counter); a training worker that dies with no restart left stops the run (exit code 1) naming the
+checkpoint to resume from.
 One Ray cluster for the module; each worker takes one logical CPU."""
 
 from __future__ import annotations
@@ -101,17 +102,19 @@ def test_a_training_worker_killed_mid_update_is_rebuilt_from_the_last_checkpoint
         assert torch.equal(weights[name], tensor), name
 
 
-def test_a_training_worker_that_keeps_dying_stops_the_run_naming_the_checkpoint(
+def test_a_training_worker_death_with_no_restart_left_stops_the_run_naming_the_checkpoint(
     tmp_path, monkeypatch, capsys
 ):
     from tppo.cli import main
 
     monkeypatch.setenv("TPPO_CRASH_AT", "train0_update_critic@1")  # every time step 1 is run
     out = tmp_path / "run"
-    args = [*SMALL, "distributed.train_workers=2", "trainer.checkpoint_every=1", "trainer.max_restarts=1"]
+    # no restart left (the rebuild itself is the test above): the first death stops the run
+    args = [*SMALL, "distributed.train_workers=2", "trainer.checkpoint_every=1", "trainer.max_restarts=0"]
     assert main(["train", "--output-dir", str(out), *args]) == 1
     err = capsys.readouterr().err
     checkpoint = out / "checkpoints" / "step_00000001"
-    assert "training worker 0 died" in err and "after 1 restart(s)" in err, err[-2000:]
-    assert f"Resume from checkpoint {checkpoint}" in err and "trainer.max_restarts=1" in err
+    assert "training worker 0 died" in err and "after 0 restart(s)" in err, err[-2000:]
+    assert f"Resume from checkpoint {checkpoint}" in err and "trainer.max_restarts=0" in err
+    assert f"tppo train --resume --output-dir {out}" in err
     assert logged_steps(out) == [0]  # step 1 never finished
