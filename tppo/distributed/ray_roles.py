@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 
 from tppo.algorithms import shard_rows
-from tppo.checkpoint import read_state
+from tppo.checkpoint import STATE_FILE, read_state
 from tppo.config import DistributedConfig, TPPOConfig, WorkerResources
 from tppo.distributed.fsdp import device_mesh, free_port, init_process_group, shard_model
 from tppo.distributed.sharded_checkpoint import load_sharded, save_sharded
@@ -100,6 +100,14 @@ def _raise_if_dead(refs: Sequence[Any], describe: Callable[[int], str], *, timeo
             continue
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (``VmHWM`` of ``/proc/self/status``; Linux), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("/proc/self/status has no VmHWM line")
+
+
 def _set_threads(resources: WorkerResources) -> None:
     torch.set_num_threads(max(1, int(resources.num_cpus)))
 
@@ -151,6 +159,9 @@ class RolloutWorker:
 
     def get_rng_state(self) -> Any:
         return self.engine.get_rng_state()
+
+    def peak_rss_bytes(self) -> int:
+        return peak_rss_bytes()
 
     def set_rng_state(self, state: Any) -> None:
         self.engine.set_rng_state(state)
@@ -340,6 +351,9 @@ class LearnerWorker:
         assert self.learner is not None, "setup() first"
         load_sharded(self.learner, checkpoint)
 
+    def peak_rss_bytes(self) -> int:
+        return peak_rss_bytes()
+
     def shutdown(self) -> None:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -349,8 +363,9 @@ class RayLearnerGroup:
     """``distributed.train_workers`` :class:`LearnerWorker` s; a :class:`~tppo.learner.LearnerRole`.
 
     A worker that dies fails the call in progress with :class:`~tppo.faults.WorkerLost` (the others,
-    blocked in a collective with it, are not waited for); the group is then broken and only
-    :meth:`close` is left (the trainer builds a new one from the last checkpoint).
+    blocked in a collective with it, are not waited for); the group is then broken (as after any
+    failed call) and only :meth:`close` is left, which kills the workers without waiting for them
+    (the trainer builds a new group from the last checkpoint).
     """
 
     device = torch.device("cpu")
@@ -368,7 +383,7 @@ class RayLearnerGroup:
     def _wait(self, refs: list[Any]) -> list[Any]:
         try:
             return wait_all(refs, lambda rank: f"training worker {rank}")
-        except WorkerLost:
+        except Exception:  # a dead worker, or a failed call that may leave peers in a collective
             self.broken = True
             raise
 
@@ -409,7 +424,12 @@ class RayLearnerGroup:
     def load_sharded(self, checkpoint: Path) -> None:
         """Every worker reads the pieces its shards need (any number of workers may have written them)."""
         self._wait([w.load_sharded.remote(Path(checkpoint)) for w in self.workers])
-        self.step = int(read_state(Path(checkpoint))["step"])
+        if (Path(checkpoint) / STATE_FILE).is_file():  # a trainer's checkpoint: its step
+            self.step = int(read_state(Path(checkpoint))["step"])
+
+    def peak_rss_bytes(self) -> list[int]:
+        """Each training worker's peak resident memory (bytes), by rank."""
+        return list(ray.get([w.peak_rss_bytes.remote() for w in self.workers]))
 
     def close(self) -> None:
         if not self.broken:
