@@ -217,3 +217,28 @@ def test_trainer_state_dict_round_trips_into_another_trainer(tmp_path):
     assert carried and [s.response_ids for s in carried] == [
         s.response_ids for s in first.pool.slots if s is not None
     ]
+
+
+def test_check_resumable_matches_the_kind_of_learner_and_lets_the_training_worker_count_change(tmp_path):
+    """A sharded checkpoint (remote training workers) resumes with any positive number of training
+    workers, never in-process; an in-process one never with remote workers."""
+    from tppo.config import ConfigError, load_config, to_dict
+    from tppo.resume import check_resumable
+
+    two = load_config(None, ["distributed.train_workers=2"])
+    state = json.dumps({"config": to_dict(two)}).encode()
+    sharded = write_checkpoint(
+        tmp_path / "a", 1, files({"trainer_state.json": state, "sharded/.metadata": b"m"}), keep=0
+    )
+    check_resumable(sharded, two)
+    check_resumable(sharded, load_config(None, ["distributed.train_workers=3"]))  # DCP reshards
+    with pytest.raises(
+        ConfigError, match=r"remote training workers .*distributed\.train_workers set to a positive"
+    ):
+        check_resumable(sharded, load_config(None, []))
+    state = json.dumps({"config": to_dict(load_config(None, []))}).encode()
+    in_process = write_checkpoint(tmp_path / "b", 1, files({"trainer_state.json": state}), keep=0)
+    with pytest.raises(
+        ConfigError, match=r"in-process learner: resume it with distributed\.train_workers set to 0"
+    ):
+        check_resumable(in_process, two)

@@ -264,6 +264,9 @@ def _alive(pid: int) -> bool:
 STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng.pt"
 OPTIMIZERS_FILE = "optimizers.pt"
+SHARDED_DIR = "sharded"
+"""What remote training workers write with ``torch.distributed.checkpoint`` in place of
+``optimizers.pt`` (see :mod:`tppo.distributed.sharded_checkpoint`)."""
 
 RESUMABLE_CHANGES = (
     "trainer.total_steps",
@@ -276,7 +279,11 @@ RESUMABLE_CHANGES = (
     "trainer.num_threads",
     "trainer.progress",
     "trainer.tensorboard",
+    "trainer.max_restarts",
     "eval.",
+    "distributed.train_workers",  # between positive counts: the sharded state reshards on load
+    "distributed.train.",
+    "distributed.ray_address",
 )
 """Config keys a resumed run may change; any other difference is refused (it would not continue
 the same run)."""
@@ -311,20 +318,24 @@ def load_model_weights(model: torch.nn.Module, directory: Path) -> None:
 def write_training_state(
     directory: Path,
     *,
-    optimizers: dict[str, torch.optim.Optimizer],
+    optimizers: dict[str, torch.optim.Optimizer] | None,
     rng: dict[str, Any],
     state: dict[str, Any],
 ) -> None:
-    """``optimizers.pt`` (state dicts), ``rng.pt`` and ``trainer_state.json`` (JSON-able ``state``:
-    step, slot pool, prompt stream, metrics position, config ...)."""
-    torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, directory / OPTIMIZERS_FILE)
+    """``optimizers.pt`` (state dicts; ``None``: not written, the training workers save theirs
+    sharded), ``rng.pt`` and ``trainer_state.json`` (JSON-able ``state``: step, slot pool, prompt
+    stream, metrics position, config ...)."""
+    if optimizers is not None:
+        torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, directory / OPTIMIZERS_FILE)
     torch.save(rng, directory / RNG_FILE)
     (directory / STATE_FILE).write_text(json.dumps(state))
 
 
 def read_training_state(directory: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """``(optimizer state dicts, rng state, trainer state)`` as :func:`write_training_state` wrote them."""
-    optimizers = torch.load(directory / OPTIMIZERS_FILE, weights_only=True)
+    """``(optimizer state dicts, rng state, trainer state)`` as :func:`write_training_state` wrote them
+    (no ``optimizers.pt``: ``{}``)."""
+    path = directory / OPTIMIZERS_FILE
+    optimizers = torch.load(path, weights_only=True) if path.is_file() else {}
     rng = torch.load(directory / RNG_FILE, weights_only=True)
     state = json.loads((directory / STATE_FILE).read_text())
     return optimizers, rng, state

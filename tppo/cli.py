@@ -17,6 +17,7 @@ from tppo.config import ConfigError, load_config
 from tppo.config_checks import check_config
 from tppo.config_loader import require
 from tppo.eval_cli import add_arguments as eval_cli_arguments
+from tppo.faults import WorkerLost
 from tppo.sources import DataError
 
 
@@ -53,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
         if holds_run:
             trainer.resume(checkpoint)
         history = trainer.train()
-    except TrainingError as error:
+    except (TrainingError, WorkerLost) as error:
         print(f"tppo: training stopped: {error}", file=sys.stderr)
         return 1
     finally:

@@ -318,6 +318,12 @@ class TrainerConfig:
         critic_warmup_steps: the first this-many steps train the value model only (the policy
             is left as it is while the critic learns what states are worth).
         num_threads: torch CPU threads (``None``: torch's default).
+        max_restarts: with remote workers (``distributed.*``): a training worker that dies stops the
+            step, and the controller builds a new training group from the newest checkpoint and goes
+            on (a run that has none writes one at step 0), at most this many times in one run; then
+            it stops with exit code 1 and an error naming the checkpoint to resume from. A rollout
+            worker that dies is replaced and its share of the generation redone, at most this many
+            times in a row for one share. 0: any worker death ends the run.
         progress: show a progress bar.
         tensorboard: write TensorBoard event files.
     """
@@ -332,6 +338,7 @@ class TrainerConfig:
     reward_timeout_s: PositiveFloat | None = 30.0
     critic_warmup_steps: NonNegativeInt = 0
     num_threads: PositiveInt | None = None
+    max_restarts: NonNegativeInt = 3
     progress: bool = True
     tensorboard: bool = True
 
@@ -400,6 +407,8 @@ class DistributedConfig:
             policy and value models sharded with FSDP2 (``fully_shard`` per decoder layer) and each
             train on a share of every minibatch's rows; losses are token means over the minibatch's
             global token count and gradients are summed, so the update equals the single-process one.
+            Each writes its shards of weights and optimizer states into every checkpoint
+            (``torch.distributed.checkpoint``); a run resumes with any positive number of them.
             0: the models train in this process (the default; no Ray).
         ray_address: the Ray cluster: ``None`` starts a local one inside this process; ``auto`` joins
             the one started on this machine with ``ray start --head``; ``host:6379`` or

@@ -11,20 +11,24 @@ restores all of it, so the resumed steps compute exactly what the uninterrupted 
 
 This module knows the learner and a trainer's state as a dict; it never sees the trainer itself.
 
-Resumable checkpoints need the in-process learner; with remote training workers
-(``distributed.train_workers > 0``) a checkpoint holds the weights only (its optimizers are sharded
-across the workers) and cannot be resumed from.
+With remote training workers (``distributed.train_workers > 0``) the training workers write their
+part themselves, sharded with ``torch.distributed.checkpoint`` (``sharded/``: weights, both
+optimizers, the update shuffles; see :mod:`tppo.distributed.sharded_checkpoint`) in place of
+``optimizers.pt``; the Hugging Face weights beside it are gathered from the shards. Such a checkpoint
+resumes with any positive number of training workers (DCP reshards), not in-process, and the other
+way round.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 
 from tppo.checkpoint import (
+    SHARDED_DIR,
     STATE_FILE,
     CheckpointError,
     config_changes,
@@ -51,13 +55,22 @@ the JSON state file)."""
 
 def check_resumable(checkpoint: Path, config: TPPOConfig) -> None:
     """Refuse (:class:`~tppo.config.ConfigError`) a checkpoint that ``config`` cannot continue: one
-    that holds weights only (remote training workers wrote it), or one written with a config that
+    that holds weights only (older checkpoints of remote training workers), one written by the other
+    kind of learner (in-process / remote training workers), or one written with a config that
     differs in a key a resumed run may not change (:data:`tppo.checkpoint.RESUMABLE_CHANGES`).
     Reads only the small state file, so it runs before anything heavy loads."""
     if not (checkpoint / STATE_FILE).is_file():
         raise ConfigError(
-            f"checkpoint {str(checkpoint)!r} holds weights only (remote training workers wrote it) and "
-            "cannot be resumed; pass --overwrite or choose another --output-dir"
+            f"checkpoint {str(checkpoint)!r} holds weights only (remote training workers of an older "
+            "tppo wrote it) and cannot be resumed; pass --overwrite or choose another --output-dir"
+        )
+    sharded = (checkpoint / SHARDED_DIR).is_dir()
+    if sharded != (config.distributed.train_workers > 0):
+        written = "remote training workers (sharded)" if sharded else "the in-process learner"
+        wanted = "a positive number" if sharded else "0"
+        raise ConfigError(
+            f"checkpoint {str(checkpoint)!r} was written by {written}: resume it with "
+            f"distributed.train_workers set to {wanted}"
         )
     changes = config_changes(read_state(checkpoint)["config"], to_dict(config))
     if changes:
@@ -97,13 +110,12 @@ def load_checkpoint(checkpoint: Path, learner: LearnerRole, config: TPPOConfig) 
     :func:`check_resumable`; returns the trainer state to hand to ``Trainer.load_state_dict``."""
     from tppo.learner import Learner
 
-    if not isinstance(learner, Learner):
-        raise CheckpointError(
-            "resuming needs the in-process learner (distributed.train_workers = 0): the checkpoints of "
-            "remote training workers hold weights only"
-        )
     check_resumable(checkpoint, config)
     optimizers, rng, state = read_training_state(checkpoint)
+    if not isinstance(learner, Learner):  # remote training workers: each loads its shards
+        cast(ShardedLearnerRole, learner).load_sharded(checkpoint)
+        set_rng_state(rng, {})
+        return {**state, ENGINE_RNG: rng["engine"]}
     load_model_weights(learner.models.policy, checkpoint / "policy")
     load_model_weights(learner.models.value, checkpoint / "value")
     learner.actor_optim.load_state_dict(optimizers["actor"])
@@ -129,13 +141,27 @@ def _write_state(learner: LearnerRole, state: dict[str, Any], directory: Path) -
     from tppo.learner import Learner
 
     learner.save(directory)  # policy/ and value/ in Hugging Face format
-    if not isinstance(learner, Learner):
-        return  # weights only: the optimizers live, sharded, in the training workers
-    rng = rng_state({"update": learner.update_generator})
+    rng: dict[str, Any]
+    optimizers: dict[str, torch.optim.Optimizer] | None
+    if isinstance(learner, Learner):
+        rng = rng_state({"update": learner.update_generator})
+        optimizers = {"actor": learner.actor_optim, "critic": learner.critic_optim}
+    else:  # the training workers write their shards (weights, optimizers, update shuffles)
+        cast("ShardedLearnerRole", learner).save_sharded(directory)
+        rng, optimizers = rng_state({}), None
     rng["engine"] = state[ENGINE_RNG]
     write_training_state(
         directory,
-        optimizers={"actor": learner.actor_optim, "critic": learner.critic_optim},
+        optimizers=optimizers,
         rng=rng,
         state={key: value for key, value in state.items() if key != ENGINE_RNG},
     )
+
+
+class ShardedLearnerRole(Protocol):
+    """A learner whose workers save and load their own shards of the training state
+    (:class:`~tppo.distributed.ray_roles.RayLearnerGroup`)."""
+
+    def save_sharded(self, checkpoint: Path) -> None: ...
+
+    def load_sharded(self, checkpoint: Path) -> None: ...

@@ -90,6 +90,7 @@ def step_metrics(
         if finished.any()
         else math.nan,
     }
+    metrics.update({k: v for k, v in engine.extra.items() if k.startswith("faults/")})
     metrics.update({f"actor/{k}": v for k, v in actor.items()})
     metrics.update({f"critic/{k}": v for k, v in critic.items()})
     metrics.update(

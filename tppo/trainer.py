@@ -39,6 +39,7 @@ from tppo.faults import crash_point
 from tppo.learner import Learner
 from tppo.metrics import MetricsLogger, PhaseTimer, read_metrics
 from tppo.models import Models, load_vocabulary
+from tppo.recovery import restartable, train_with_restarts
 from tppo.resume import ENGINE_RNG, load_checkpoint, save_checkpoint
 from tppo.rewards import build_scorer
 from tppo.roles import build_learner, build_rollout
@@ -285,8 +286,12 @@ class Trainer:
 
         Returns every metrics row of the run (a resumed run's earlier rows included). On SIGTERM
         or SIGINT the step in progress is finished, a checkpoint written, and ``stop_signal`` set;
-        a second signal abandons the step (the previous checkpoint stays the newest).
+        a second signal abandons the step (the previous checkpoint stays the newest). A remote
+        worker that dies (:class:`~tppo.faults.WorkerLost`): see :func:`tppo.recovery.train_with_restarts`.
         """
+        return train_with_restarts(self, self._train)
+
+    def _train(self) -> list[dict[str, Any]]:
         t = self.config.trainer
         self.output_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.config, self.output_dir / "config.yaml")
@@ -301,6 +306,8 @@ class Trainer:
         try:
             if self.step == 0 and logger.rows == 0 and self._eval_due(final=False):
                 last_eval = self._log_eval(logger, history)
+            if restartable(self) and latest_checkpoint(self.checkpoint_dir) is None:
+                self.save_checkpoint(logger)  # what a rebuilt training group starts from
             while self.step < t.total_steps and not self._out_of_time() and self.stop_signal is None:
                 start = time.perf_counter()
                 metrics = self.train_step()

@@ -14,18 +14,23 @@ the rewards and the advantage estimation, which are cheap.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from tppo.algorithms import shard_rows
+from tppo.checkpoint import STATE_FILE, read_state
 from tppo.config import DistributedConfig, TPPOConfig, WorkerResources
 from tppo.distributed.fsdp import device_mesh, free_port, init_process_group, shard_model
+from tppo.distributed.sharded_checkpoint import load_sharded, save_sharded
 from tppo.engines import get_engine_factory
 from tppo.engines.base import Completion, Engine, EngineStats, SamplingParams
+from tppo.faults import WorkerLost, crash_point, worker_env
 from tppo.learner import Learner
 from tppo.models import load_models, load_policy, load_vocabulary
 from tppo.rollout.batch import RolloutBatch
@@ -37,6 +42,8 @@ except ImportError as error:  # pragma: no cover - depends on the installed extr
     raise ImportError(
         "distributed.rollout_workers / distributed.train_workers need Ray: pip install 'tppo[distributed]'"
     ) from error
+
+log = logging.getLogger(__name__)
 
 
 def connect(config: DistributedConfig) -> None:
@@ -53,7 +60,52 @@ def connect(config: DistributedConfig) -> None:
 
 
 def _actor_class(cls: type, resources: WorkerResources) -> Any:
-    return ray.remote(num_cpus=resources.num_cpus, num_gpus=resources.num_gpus)(cls)
+    options: dict[str, Any] = {"num_cpus": resources.num_cpus, "num_gpus": resources.num_gpus}
+    if worker_env():  # crash injection (tests) reaches the workers' processes
+        options["runtime_env"] = {"env_vars": worker_env()}
+    return ray.remote(**options)(cls)
+
+
+DEATH_NOTICE_S = 30.0
+"""How long a failed call waits for Ray to report a peer dead (a rank whose peer died mid-collective
+fails with a connection error first)."""
+
+
+def wait_all(refs: Sequence[Any], describe: Callable[[int], str]) -> list[Any]:
+    """``ray.get(refs)``, but failing as soon as one worker is dead (the others may be blocked in a
+    collective with it and never return): :class:`~tppo.faults.WorkerLost` naming
+    ``describe(index)``. A call that fails otherwise re-raises its error, unless a peer died."""
+    pending = list(refs)
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        try:
+            ray.get(ready[0])
+        except ray.exceptions.RayError as error:
+            dead = isinstance(error, ray.exceptions.RayActorError)
+            _raise_if_dead(refs, describe, timeout=0.0 if dead else DEATH_NOTICE_S)
+            raise
+    return list(ray.get(list(refs)))
+
+
+def _raise_if_dead(refs: Sequence[Any], describe: Callable[[int], str], *, timeout: float) -> None:
+    """:class:`~tppo.faults.WorkerLost` for the first call in ``refs`` whose worker died (waiting up to
+    ``timeout`` seconds for every call to finish or fail)."""
+    ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+    for index, ref in enumerate(refs):
+        try:
+            ray.get(ref, timeout=0)
+        except ray.exceptions.RayActorError as error:
+            raise WorkerLost(f"{describe(index)} died: {type(error).__name__}") from error
+        except Exception:  # other failures, and calls still running: not a death
+            continue
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory (``VmHWM`` of ``/proc/self/status``; Linux), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("/proc/self/status has no VmHWM line")
 
 
 def _set_threads(resources: WorkerResources) -> None:
@@ -79,13 +131,24 @@ class RolloutWorker:
         return self.index
 
     def generate(
-        self, prefixes: Sequence[Sequence[int]], budgets: Sequence[int], sampling: SamplingParams
+        self,
+        prefixes: Sequence[Sequence[int]],
+        budgets: Sequence[int],
+        sampling: SamplingParams,
+        call: int = 0,
+        attempt: int = 0,
     ) -> tuple[list[Completion], EngineStats]:
+        """Continue the prefixes; ``call`` counts the group's generations, ``attempt`` the redos of
+        this share after a worker died (crash injection fires on the first attempt only)."""
+        if attempt == 0:
+            crash_point(f"rollout{self.index}_generate", call)
         completions = self.engine.generate(prefixes, budgets, sampling)
         return completions, self.engine.pop_stats()
 
-    def update_weights(self, weights: dict[str, torch.Tensor]) -> None:
+    def update_weights(self, weights: dict[str, torch.Tensor]) -> Any:
+        """Load the weights; returns the engine's RNG state (a replacement starts from it)."""
         self.engine.update_weights(weights.items())
+        return self.engine.get_rng_state()
 
     def checksums(self) -> dict[str, float]:
         """``sum`` of every parameter of the engine's model (to check that weights arrived)."""
@@ -97,6 +160,9 @@ class RolloutWorker:
     def get_rng_state(self) -> Any:
         return self.engine.get_rng_state()
 
+    def peak_rss_bytes(self) -> int:
+        return peak_rss_bytes()
+
     def set_rng_state(self, state: Any) -> None:
         self.engine.set_rng_state(state)
 
@@ -105,15 +171,32 @@ class RolloutWorker:
 
 
 class RayRolloutGroup(Engine):
-    """``distributed.rollout_workers`` Ray actors sharing the slots; an :class:`Engine` to the trainer."""
+    """``distributed.rollout_workers`` Ray actors sharing the slots; an :class:`Engine` to the trainer.
+
+    A worker whose process dies is replaced: the new one gets the last synced weights and the RNG
+    state its predecessor had when the weights arrived (or after the last reseed / RNG restore), and
+    redoes the lost share of the generation from the prefixes this controller holds; nothing is lost
+    or repeated. Counted in ``faults/rollout_worker_restarts`` (per step); a share whose worker dies
+    more than ``trainer.max_restarts`` times in a row ends the run (:class:`~tppo.faults.WorkerLost`).
+    """
 
     def __init__(self, config: TPPOConfig) -> None:
         super().__init__()
         d = config.distributed
         connect(d)
-        actor = _actor_class(RolloutWorker, d.rollout)
-        self.workers = [actor.remote(config, index) for index in range(d.rollout_workers)]
+        self.config, self.actor = config, _actor_class(RolloutWorker, d.rollout)
+        self.workers = [self.actor.remote(config, index) for index in range(d.rollout_workers)]
         ray.get([w.ready.remote() for w in self.workers])
+        self.calls = 0
+        self.weights: Any = None
+        """The object-store reference of the last synced weights (a replacement loads them)."""
+        self.rng_states: list[Any] = self.get_rng_state()
+        self.stats.extra["faults/rollout_worker_restarts"] = 0
+
+    def pop_stats(self) -> EngineStats:
+        stats = super().pop_stats()
+        self.stats.extra["faults/rollout_worker_restarts"] = 0
+        return stats
 
     @property
     def num_workers(self) -> int:
@@ -131,21 +214,20 @@ class RayRolloutGroup(Engine):
         self, prefixes: Sequence[Sequence[int]], max_new_tokens: Sequence[int], sampling: SamplingParams
     ) -> list[Completion]:
         shares = [rows.tolist() for rows in shard_rows(torch.arange(len(prefixes)), self.num_workers)]
-        calls = [
-            (
-                rows,
-                worker.generate.remote(
-                    [prefixes[i] for i in rows], [max_new_tokens[i] for i in rows], sampling
-                ),
+        call, self.calls = self.calls, self.calls + 1
+
+        def submit(index: int, attempt: int) -> Any:
+            rows = shares[index]
+            return self.workers[index].generate.remote(
+                [prefixes[i] for i in rows], [max_new_tokens[i] for i in rows], sampling, call, attempt
             )
-            for rows, worker in zip(shares, self.workers, strict=True)
-            if rows
-        ]
+
+        calls = {index: submit(index, 0) for index, rows in enumerate(shares) if rows}
         out: list[Completion | None] = [None] * len(prefixes)
         seconds = []
-        for rows, ref in calls:
-            completions, stats = ray.get(ref)
-            for row, completion in zip(rows, completions, strict=True):
+        for index, ref in calls.items():
+            completions, stats = self._result(index, ref, functools.partial(submit, index))
+            for row, completion in zip(shares[index], completions, strict=True):
                 out[row] = completion
             self.stats.generated_tokens += stats.generated_tokens
             seconds.append(stats.extra.get("generate_s", 0.0))
@@ -155,10 +237,43 @@ class RayRolloutGroup(Engine):
         assert all(c is not None for c in out)
         return [c for c in out if c is not None]
 
+    def _result(self, index: int, ref: Any, resubmit: Callable[[int], Any]) -> Any:
+        """``ray.get(ref)``; a dead worker is replaced and its share resubmitted (attempt 1, 2 ...)."""
+        for attempt in range(1, self.config.trainer.max_restarts + 2):
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayActorError as error:
+                if attempt > self.config.trainer.max_restarts:
+                    raise WorkerLost(
+                        f"rollout worker {index} died {attempt} times in one generation "
+                        f"(trainer.max_restarts={self.config.trainer.max_restarts})"
+                    ) from error
+                log.warning("rollout worker %d died (%s); replacing it", index, type(error).__name__)
+                self._replace(index)
+                ref = resubmit(attempt)
+        raise AssertionError("unreachable")
+
+    def _replace(self, index: int) -> None:
+        """A new worker ``index`` with the last synced weights and its predecessor's RNG state."""
+        ray.kill(self.workers[index], no_restart=True)
+        worker = self.actor.remote(self.config, index)
+        ray.get(worker.ready.remote())
+        if self.weights is not None:
+            ray.get(worker.update_weights.remote(self.weights))
+        ray.get(worker.set_rng_state.remote(self.rng_states[index]))
+        self.workers[index] = worker
+        self.stats.extra["faults/rollout_worker_restarts"] += 1
+
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Put the tensors in the object store once; every worker loads them in place."""
-        ref = ray.put({name: tensor.detach().cpu() for name, tensor in named_tensors})
-        ray.get([w.update_weights.remote(ref) for w in self.workers])
+        """Put the tensors in the object store once; every worker loads them in place (a dead one
+        is replaced, and the replacement loads them)."""
+        self.weights = ray.put({name: tensor.detach().cpu() for name, tensor in named_tensors})
+        refs = [w.update_weights.remote(self.weights) for w in self.workers]
+
+        def resubmit(index: int) -> Callable[[int], Any]:
+            return lambda attempt: self.workers[index].update_weights.remote(self.weights)
+
+        self.rng_states = [self._result(i, ref, resubmit(i)) for i, ref in enumerate(refs)]
 
     def checksums(self) -> list[dict[str, float]]:
         """Per worker: the sum of each parameter (see :meth:`RolloutWorker.checksums`)."""
@@ -169,10 +284,12 @@ class RayRolloutGroup(Engine):
 
     def set_rng_state(self, state: Any) -> None:
         ray.get([w.set_rng_state.remote(s) for w, s in zip(self.workers, state, strict=True)])
+        self.rng_states = list(state)
 
     def reseed(self, seed: int) -> None:
         """Worker ``i`` restarts from ``seed + i``."""
         ray.get([w.reseed.remote(seed + i) for i, w in enumerate(self.workers)])
+        self.rng_states = self.get_rng_state()
 
     def close(self) -> None:
         for worker in self.workers:
@@ -213,9 +330,11 @@ class LearnerWorker:
         shard_model(models.value, mesh)
         self.learner = Learner(self.config, models, self.shard)
 
-    def call(self, method: str, *args: Any) -> Any:
-        """Run ``Learner.<method>(*args)``; whole-model results come back from rank 0 only."""
+    def call(self, method: str, step: int, *args: Any) -> Any:
+        """Run ``Learner.<method>(*args)`` in training step ``step``; whole-model results come back
+        from rank 0 only."""
         assert self.learner is not None, "setup() first"
+        crash_point(f"train{self.shard.rank}_{method}", step)
         result = getattr(self.learner, method)(*args)
         if method in ("policy_weights", "gradients"):
             return (
@@ -223,13 +342,31 @@ class LearnerWorker:
             )
         return result
 
+    def save_sharded(self, checkpoint: Path) -> None:
+        """This rank's shards of weights and optimizer states into ``checkpoint/sharded`` (DCP)."""
+        assert self.learner is not None, "setup() first"
+        save_sharded(self.learner, checkpoint)
+
+    def load_sharded(self, checkpoint: Path) -> None:
+        assert self.learner is not None, "setup() first"
+        load_sharded(self.learner, checkpoint)
+
+    def peak_rss_bytes(self) -> int:
+        return peak_rss_bytes()
+
     def shutdown(self) -> None:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
 class RayLearnerGroup:
-    """``distributed.train_workers`` :class:`LearnerWorker` s; a :class:`~tppo.learner.LearnerRole`."""
+    """``distributed.train_workers`` :class:`LearnerWorker` s; a :class:`~tppo.learner.LearnerRole`.
+
+    A worker that dies fails the call in progress with :class:`~tppo.faults.WorkerLost` (the others,
+    blocked in a collective with it, are not waited for); the group is then broken (as after any
+    failed call) and only :meth:`close` is left, which kills the workers without waiting for them
+    (the trainer builds a new group from the last checkpoint).
+    """
 
     device = torch.device("cpu")
 
@@ -238,12 +375,21 @@ class RayLearnerGroup:
         connect(d)
         actor = _actor_class(LearnerWorker, d.train)
         self.workers = [actor.remote(config, rank, d.train_workers) for rank in range(d.train_workers)]
+        self.step, self.broken = 0, False
+        """The training step being run (for the workers' crash points); whether a worker died."""
         master_addr, master_port = ray.get(self.workers[0].rendezvous_address.remote())
-        ray.get([w.setup.remote(master_addr, master_port) for w in self.workers])
+        self._wait([w.setup.remote(master_addr, master_port) for w in self.workers])
+
+    def _wait(self, refs: list[Any]) -> list[Any]:
+        try:
+            return wait_all(refs, lambda rank: f"training worker {rank}")
+        except Exception:  # a dead worker, or a failed call that may leave peers in a collective
+            self.broken = True
+            raise
 
     def _all(self, method: str, *args: Any) -> list[Any]:
         refs = [ray.put(a) if isinstance(a, RolloutBatch) else a for a in args]
-        return list(ray.get([w.call.remote(method, *refs) for w in self.workers]))
+        return self._wait([w.call.remote(method, self.step, *refs) for w in self.workers])
 
     def old_forward(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         """Each rank fills its rows (zeros elsewhere): the sum is the whole batch's."""
@@ -257,7 +403,9 @@ class RayLearnerGroup:
         return dict(self._all("update_actor", batch)[0])
 
     def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
-        return dict(self._all("update_critic", batch)[0])
+        result = dict(self._all("update_critic", batch)[0])
+        self.step += 1  # the last training phase of a step
+        return result
 
     def policy_weights(self) -> list[tuple[str, torch.Tensor]]:
         return list(self._all("policy_weights")[0])
@@ -268,8 +416,24 @@ class RayLearnerGroup:
     def save(self, directory: Path) -> None:
         self._all("save", Path(directory))
 
+    def save_sharded(self, checkpoint: Path) -> None:
+        """Every worker writes its shards of the training state (see
+        :mod:`tppo.distributed.sharded_checkpoint`) into ``checkpoint/sharded``."""
+        self._wait([w.save_sharded.remote(Path(checkpoint)) for w in self.workers])
+
+    def load_sharded(self, checkpoint: Path) -> None:
+        """Every worker reads the pieces its shards need (any number of workers may have written them)."""
+        self._wait([w.load_sharded.remote(Path(checkpoint)) for w in self.workers])
+        if (Path(checkpoint) / STATE_FILE).is_file():  # a trainer's checkpoint: its step
+            self.step = int(read_state(Path(checkpoint))["step"])
+
+    def peak_rss_bytes(self) -> list[int]:
+        """Each training worker's peak resident memory (bytes), by rank."""
+        return list(ray.get([w.peak_rss_bytes.remote() for w in self.workers]))
+
     def close(self) -> None:
-        ray.get([w.shutdown.remote() for w in self.workers])
+        if not self.broken:
+            ray.get([w.shutdown.remote() for w in self.workers])
         for worker in self.workers:
             ray.kill(worker)
         self.workers = []
