@@ -43,3 +43,17 @@ def shard_rows(rows: Tensor, world_size: int) -> list[Tensor]:
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     return list(torch.tensor_split(rows, world_size))
+
+
+def sequence_token_weights(mask: Tensor) -> Tensor:
+    """Per-token weights ``Tensor[B, T]`` float32 that turn a token mean into a sequence mean:
+    ``1 / n_b`` on each of row ``b``'s ``n_b`` masked tokens, 0 elsewhere (and on empty rows).
+
+    The weighted token mean ``sum_t w_t l_t / sum_t w_t`` over a minibatch is then the mean over its
+    sequences of each sequence's token mean (the GRPO paper's ``seq_mean_token_mean`` aggregation);
+    ``sum_t w_t`` is the number of sequences with a masked token.
+    """
+    if mask.dtype != torch.bool or mask.dim() != 2:
+        raise ValueError(f"mask must be a 2-d bool Tensor[B, T], got {mask.dtype} {tuple(mask.shape)}")
+    counts = mask.sum(dim=1, keepdim=True).to(torch.float32)
+    return torch.where(mask, 1.0 / counts.clamp(min=1.0), 0.0)

@@ -237,3 +237,117 @@ def positive_lm_loss(
     mask = response_mask & (rewards == 1)[:, None]  # [B, T]
     nll = -torch.where(mask, log_probs.to(float_dtype(log_probs)), 0.0)  # [B, T]
     return global_token_mean(nll, mask, token_count)
+
+
+class DecoupledPolicyLossOutput(NamedTuple):
+    """What :func:`decoupled_policy_loss` returns: :class:`PolicyLossOutput`'s fields (the ratio
+    statistics are of ``pi_theta / pi_prox``) and the importance weight's; all but ``loss`` detached."""
+
+    loss: Tensor
+    clipfrac: Tensor
+    clipfrac_upper: Tensor
+    clipfrac_lower: Tensor
+    approx_kl: Tensor
+    ratio_mean: Tensor
+    ratio_max: Tensor
+    dual_clipfrac: Tensor
+    is_weight_mean: Tensor
+    """Mean importance weight ``pi_prox / pi_behaviour`` over the masked tokens, after the cap."""
+    is_weight_capped_frac: Tensor
+    """Fraction of masked tokens whose weight exceeded ``is_cap`` (``0`` without a cap)."""
+
+
+def decoupled_policy_loss(
+    log_probs: Tensor,
+    proximal_log_probs: Tensor,
+    behaviour_log_probs: Tensor,
+    advantages: Tensor,
+    policy_mask: Tensor,
+    *,
+    clip_eps_low: float,
+    clip_eps_high: float,
+    is_cap: float | None = None,
+    token_count: int | float | Tensor | None = None,
+    dual_clip: float | None = None,
+) -> DecoupledPolicyLossOutput:
+    """The decoupled clipped objective (Hilton et al. 2022; AReaL): trust region around a proximal
+    policy, importance correction for the policy that actually generated the tokens.
+
+    Per token, with ``w_t = exp(proximal_t - behaviour_t)`` (capped at ``is_cap`` when given:
+    truncated importance sampling) and ``r_t = exp(log_probs_t - proximal_t)``::
+
+        loss_t = -w_t * min(r_t * A_t, clip(r_t, 1 - clip_eps_low, 1 + clip_eps_high) * A_t)
+        loss   = sum_t policy_mask_t * loss_t / max(1, token_count)
+
+    The gradient flows through ``log_probs`` only (``w`` is a constant). With ``w > 0`` this is
+    :func:`policy_loss` around the proximal policy with advantages ``w * A``; so when
+    ``proximal == behaviour`` (``w = 1``) it *equals* :func:`policy_loss`. ``dual_clip`` as there.
+
+    Args:
+        log_probs: ``Tensor[B, T]``, ``log pi_theta`` (with grad).
+        proximal_log_probs: ``Tensor[B, T]``, ``log pi_prox`` (e.g. ``pi_old`` recomputed at the step).
+        behaviour_log_probs: ``Tensor[B, T]``, ``log pi_behaviour``: the engine's, recorded when the
+            token was generated.
+        advantages: ``Tensor[B, T]``.
+        policy_mask: ``Tensor[B, T]`` bool, the tokens to train.
+        clip_eps_low, clip_eps_high: the clip range, as in :func:`policy_loss`.
+        is_cap: the largest importance weight (``None``: uncapped); must be > 0.
+        token_count: the denominator; default the number of masked tokens.
+
+    Returns:
+        :class:`DecoupledPolicyLossOutput`.
+    """
+    _check_inputs(
+        policy_mask,
+        "policy_mask",
+        proximal_log_probs=proximal_log_probs,
+        behaviour_log_probs=behaviour_log_probs,
+        advantages=advantages,
+    )
+    if is_cap is not None and is_cap <= 0:
+        raise ValueError(f"is_cap must be > 0 (or None), got {is_cap}")
+    dtype = float_dtype(log_probs, proximal_log_probs, behaviour_log_probs, advantages)
+    with torch.no_grad():
+        log_w = torch.where(policy_mask, (proximal_log_probs - behaviour_log_probs).to(dtype), 0.0)
+        raw = torch.exp(log_w)  # [B, T], 1 under the mask
+        weight = raw if is_cap is None else raw.clamp(max=is_cap)
+        capped = policy_mask & (raw > is_cap) if is_cap is not None else torch.zeros_like(policy_mask)
+        weighted_advantages = torch.where(policy_mask, advantages.detach().to(dtype), 0.0) * weight
+    out = policy_loss(
+        log_probs,
+        proximal_log_probs,
+        weighted_advantages,
+        policy_mask,
+        clip_eps_low=clip_eps_low,
+        clip_eps_high=clip_eps_high,
+        dual_clip=dual_clip,
+        token_count=token_count,
+    )
+    with torch.no_grad():
+        return DecoupledPolicyLossOutput(
+            *out,
+            is_weight_mean=masked_mean(weight, policy_mask),
+            is_weight_capped_frac=masked_mean(capped, policy_mask),
+        )
+
+
+def kl_k3(
+    log_probs: Tensor,
+    reference_log_probs: Tensor,
+    mask: Tensor,
+    *,
+    token_count: int | float | Tensor | None = None,
+) -> Tensor:
+    """Token-mean k3 estimate of ``KL(pi_theta || pi_ref)`` (Schulman's unbiased, non-negative
+    estimator, as GRPO's KL penalty): per token, with ``d_t = ref_t - log_probs_t``,
+    ``k3_t = exp(d_t) - d_t - 1 >= 0``; the loss is ``sum_t mask_t * k3_t / max(1, token_count)``.
+
+    Gradient through ``log_probs`` only; ``reference_log_probs`` are detached. Masked entries are
+    never read. Add ``kl_coef *`` it to the policy loss.
+    """
+    _check_inputs(mask, "mask", log_probs=log_probs, reference_log_probs=reference_log_probs)
+    dtype = float_dtype(log_probs, reference_log_probs)
+    lp = torch.where(mask, log_probs.to(dtype), 0.0)
+    ref = torch.where(mask, reference_log_probs.detach().to(dtype), 0.0)
+    delta = ref - lp
+    return global_token_mean(torch.exp(delta) - delta - 1.0, mask, token_count)
