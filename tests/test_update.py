@@ -16,7 +16,7 @@ from tppo.models import disable_dropout, load_models
 from tppo.rollout.batch import collate
 from tppo.rollout.prompts import Prompt
 from tppo.rollout.slot_pool import Slot
-from tppo.update import UpdateSchedule, actor_loss_fn, critic_loss_fn, run_update
+from tppo.update import UpdateSchedule, actor_loss_fn, clipped_surrogate, critic_loss_fn, run_update
 
 
 def make_batch(seed=0):
@@ -56,7 +56,8 @@ def train_once(loss_fn, mask_key, micro_batch_tokens, minibatches=1):
 
 
 ACTOR = actor_loss_fn(
-    sampling=SamplingParams(temperature=1.0), clip_eps_low=0.2, clip_eps_high=0.28, dual_clip=None
+    sampling=SamplingParams(temperature=1.0),
+    surrogate=clipped_surrogate(clip_eps_low=0.2, clip_eps_high=0.28, dual_clip=None),
 )
 CRITIC = critic_loss_fn(value_clip_low=0.5, value_clip_high=0.6)
 

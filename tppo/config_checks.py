@@ -1,7 +1,8 @@
 """Checks of a :class:`~tppo.config.TPPOConfig` beyond types and ranges, before anything loads.
 
-- :func:`check_names`: every name against its registry (advantage estimator, rollout engine, task,
-  reward, prompt template, device form); run by :func:`tppo.config.load_config`.
+- :func:`check_names`: every name against its registry (method, with the method's own checks;
+  advantage estimator, rollout engine, task, reward, prompt template, device form); run by
+  :func:`tppo.config.load_config`.
 - :func:`check_inputs`: what the run reads exists (model and tokenizer sources, data files, the
   configured device); run by the CLI and by :class:`tppo.trainer.Trainer` before any model loads.
 
@@ -41,9 +42,12 @@ def check_names(config: TPPOConfig) -> None:
     """Every name in ``config`` against its registry; a :class:`ConfigError` naming the key."""
     from tppo.algorithms.advantages import ADVANTAGE_ESTIMATORS
     from tppo.engines import ENGINES
+    from tppo.methods import METHODS
     from tppo.tasks import TASKS
 
     algorithm = config.algorithm
+    check_registered("algorithm.name", algorithm.name, METHODS)
+    METHODS.get(algorithm.name).check(config)
     check_registered("algorithm.advantage_estimator", algorithm.advantage_estimator, ADVANTAGE_ESTIMATORS)
     check_registered("rollout.engine", config.rollout.engine, ENGINES)
     check_registered("data.task", config.data.task, TASKS)

@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 
 from tppo.config import TPPOConfig
 from tppo.engines.types import SamplingParams
+from tppo.methods import get_method
 from tppo.models import Models, response_log_probs, response_values
 from tppo.rollout.batch import RolloutBatch, shard_packs
 from tppo.update import LossFn, Shard, UpdateSchedule, actor_loss_fn, critic_loss_fn, run_update
@@ -61,8 +62,11 @@ class Learner:
     def __init__(self, config: TPPOConfig, models: Models, shard: Shard | None = None) -> None:
         self.config, self.models, self.shard = config, models, shard or Shard()
         self.device = next(models.policy.parameters()).device
+        self.method = get_method(config.algorithm.name)
         self.actor_optim = build_optimizer(models.policy, config.optim.actor_lr, config)
-        self.critic_optim = build_optimizer(models.value, config.optim.critic_lr, config)
+        self.critic_optim = (
+            None if models.value is None else build_optimizer(models.value, config.optim.critic_lr, config)
+        )
         # Every rank draws the same minibatch shuffles, so that they agree on each minibatch's rows.
         self.update_generator = torch.Generator().manual_seed(config.trainer.seed)
 
@@ -75,7 +79,7 @@ class Learner:
     @torch.no_grad()
     def old_forward(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         """What the update compares against, before it changes anything: ``old_values`` for every
-        response token, and ``old_log_probs``:
+        response token (with a value model), and ``old_log_probs``:
 
         * ``algorithm.recompute_old_log_probs: false``: the engine's log-probs (``batch.engine_log_probs``);
         * ``true``: recomputed with the policy under the same sampling distribution (the engines'
@@ -95,8 +99,12 @@ class Learner:
             rank=self.shard.rank,
             world_size=self.shard.world_size,
         )
-        self.models.value.eval()
-        out = {"old_values": self._forward_pieces(response_values, self.models.value, batch, packs, padding)}
+        out = {}
+        if self.models.value is not None:
+            self.models.value.eval()
+            out["old_values"] = self._forward_pieces(
+                response_values, self.models.value, batch, packs, padding
+            )
         if not a.recompute_old_log_probs:
             pieces = [batch.engine_log_probs[p] for p in packs]
             out["old_log_probs"] = stitch(packs, pieces, batch.response_mask)
@@ -109,6 +117,25 @@ class Learner:
 
             out["old_log_probs"] = self._forward_pieces(log_probs, self.models.policy, batch, packs, padding)
         return {key: value.to(home) for key, value in out.items()}
+
+    @torch.no_grad()
+    def reference_forward(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """``reference_log_probs``: the frozen reference policy's log-probs of the response tokens
+        (under the rollout's sampling distribution), for ``algorithm.kl_coef``; ``{}`` without one."""
+        if self.models.reference is None:
+            return {}
+        home, batch = batch.input_ids.device, batch.to(self.device)
+        rows = torch.arange(len(batch.is_finished), device=self.device)
+        packs, padding = shard_packs(
+            rows, batch.lengths, max_tokens=self.config.algorithm.micro_batch_tokens, rank=0, world_size=1
+        )
+        sampling = self.sampling
+
+        def log_probs(model: PreTrainedModel, sub: RolloutBatch) -> torch.Tensor:
+            return response_log_probs(model, sub, sampling=sampling)[0]
+
+        ref = self._forward_pieces(log_probs, self.models.reference, batch, packs, padding)
+        return {"reference_log_probs": ref.to(home)}
 
     def _forward_pieces(
         self,
@@ -125,22 +152,24 @@ class Learner:
 
     def set_learning_rates(self, actor_lr: float, critic_lr: float) -> None:
         for optimizer, lr in ((self.actor_optim, actor_lr), (self.critic_optim, critic_lr)):
-            for group in optimizer.param_groups:
+            for group in optimizer.param_groups if optimizer is not None else []:
                 group["lr"] = lr
 
     def update_actor(self, batch: RolloutBatch) -> dict[str, float]:
-        """The clipped policy update on the batch's ``policy_mask`` tokens."""
-        a = self.config.algorithm
+        """The method's policy update on the batch's ``policy_mask`` tokens."""
         loss_fn = actor_loss_fn(
             sampling=self.sampling,
-            clip_eps_low=a.clip_eps_low,
-            clip_eps_high=a.clip_eps_high,
-            dual_clip=a.dual_clip,
+            surrogate=self.method.surrogate(self.config),
+            kl_coef=self.config.algorithm.kl_coef,
         )
-        return self._update(self.models.policy, self.actor_optim, batch, "policy_mask", loss_fn)
+        weights = "token_weights" if "token_weights" in batch.per_token else None
+        return self._update(self.models.policy, self.actor_optim, batch, "policy_mask", loss_fn, weights)
 
     def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
-        """Monte-Carlo value regression on the ``value_mask`` tokens (none: no update)."""
+        """Monte-Carlo value regression on the ``value_mask`` tokens (none: no update; no value
+        model: nothing at all, not even statistics)."""
+        if self.models.value is None or self.critic_optim is None:
+            return {}
         a = self.config.algorithm
         loss_fn = critic_loss_fn(value_clip_low=a.value_clip_low, value_clip_high=a.value_clip_high)
         return self._update(self.models.value, self.critic_optim, batch, "value_mask", loss_fn)
@@ -152,6 +181,7 @@ class Learner:
         batch: RolloutBatch,
         mask_key: str,
         loss_fn: LossFn,
+        weight_key: str | None = None,
     ) -> dict[str, float]:
         a = self.config.algorithm
         schedule = UpdateSchedule(
@@ -166,6 +196,7 @@ class Learner:
             schedule=schedule,
             generator=self.update_generator,
             shard=self.shard,
+            weight_key=weight_key,
         )
 
     def policy_weights(self) -> Iterable[tuple[str, torch.Tensor]]:
@@ -179,6 +210,8 @@ class Learner:
         """The current gradients of ``policy`` or ``value``, whole, on the CPU (for checks; sharded
         ones are gathered, so every rank must call this together)."""
         model = {"policy": self.models.policy, "value": self.models.value}[role]
+        if model is None:
+            return {}
         grads = [(n, p.grad) for n, p in model.named_parameters() if p.grad is not None]
         return {name: g.cpu() for name, g in full_tensors(grads)}
 
@@ -188,7 +221,8 @@ class Learner:
         if self.shard.rank == 0:
             directory.mkdir(parents=True, exist_ok=True)
         for name, model in (("policy", self.models.policy), ("value", self.models.value)):
-            save_model(model, directory / name, is_writer=self.shard.rank == 0)
+            if model is not None:
+                save_model(model, directory / name, is_writer=self.shard.rank == 0)
         if self.shard.rank == 0:
             self.models.tokenizer.save_pretrained(directory / "policy")
 

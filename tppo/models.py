@@ -71,11 +71,15 @@ class Vocabulary:
 
 @dataclass
 class Models:
+    """What one training process holds: the policy, the value model (``None`` for a critic-free
+    method) and a frozen reference policy (only with ``algorithm.kl_coef > 0``)."""
+
     tokenizer: PreTrainedTokenizerBase
     policy: PreTrainedModel
-    value: PreTrainedModel
+    value: PreTrainedModel | None
     eos_token_ids: list[int]
     pad_token_id: int
+    reference: PreTrainedModel | None = None
 
     @property
     def vocabulary(self) -> Vocabulary:
@@ -111,16 +115,30 @@ def load_policy(config: ModelConfig) -> PreTrainedModel:
     return policy
 
 
-def load_models(config: ModelConfig) -> Models:
-    """Tokenizer, policy and value model on the configured device, dropout off in both."""
+def load_models(config: ModelConfig, *, value: bool = True, reference: bool = False) -> Models:
+    """Tokenizer, policy and (``value``) value model on the configured device, dropout off; with
+    ``reference``, a second, frozen copy of the initial policy (for a KL penalty)."""
     vocabulary = load_vocabulary(config)
     policy = load_policy(config)
-    value = load_value_model(
-        resolve_model_path(config.value_path or config.policy_path), DTYPES[config.dtype]
+    value_model = None
+    if value:
+        value_model = load_value_model(
+            resolve_model_path(config.value_path or config.policy_path), DTYPES[config.dtype]
+        )
+        value_model.to(resolve_device(config.device))  # type: ignore[arg-type]
+        disable_dropout(value_model)
+    reference_model = None
+    if reference:
+        reference_model = load_policy(config).eval()
+        reference_model.requires_grad_(False)
+    return Models(
+        vocabulary.tokenizer,
+        policy,
+        value_model,
+        vocabulary.eos_token_ids,
+        vocabulary.pad_token_id,
+        reference=reference_model,
     )
-    value.to(resolve_device(config.device))  # type: ignore[arg-type]
-    disable_dropout(value)
-    return Models(vocabulary.tokenizer, policy, value, vocabulary.eos_token_ids, vocabulary.pad_token_id)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")

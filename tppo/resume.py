@@ -72,11 +72,25 @@ def check_resumable(checkpoint: Path, config: TPPOConfig) -> None:
             f"checkpoint {str(checkpoint)!r} was written by {written}: resume it with "
             f"distributed.train_workers set to {wanted}"
         )
-    changes = config_changes(read_state(checkpoint)["config"], to_dict(config))
+    changes = config_changes(with_defaults(read_state(checkpoint)["config"]), to_dict(config))
     if changes:
         raise ConfigError(
             f"cannot resume from {str(checkpoint)!r} with a different config: {'; '.join(changes)}"
         )
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config with the keys it predates filled in with their defaults: an older
+    tppo ran with exactly those (a checkpoint without ``algorithm.name`` is ``ppo``)."""
+
+    def merge(defaults: Any, values: Any) -> Any:
+        if isinstance(defaults, dict) and isinstance(values, dict):
+            return {
+                k: merge(defaults.get(k), values[k]) if k in values else v for k, v in defaults.items()
+            } | {k: v for k, v in values.items() if k not in defaults}
+        return values
+
+    return merge(to_dict(TPPOConfig()), saved)
 
 
 def save_checkpoint(
@@ -117,9 +131,10 @@ def load_checkpoint(checkpoint: Path, learner: LearnerRole, config: TPPOConfig) 
         set_rng_state(rng, {})
         return {**state, ENGINE_RNG: rng["engine"]}
     load_model_weights(learner.models.policy, checkpoint / "policy")
-    load_model_weights(learner.models.value, checkpoint / "value")
     learner.actor_optim.load_state_dict(optimizers["actor"])
-    learner.critic_optim.load_state_dict(optimizers["critic"])
+    if learner.models.value is not None and learner.critic_optim is not None:
+        load_model_weights(learner.models.value, checkpoint / "value")
+        learner.critic_optim.load_state_dict(optimizers["critic"])
     set_rng_state(rng, {"update": learner.update_generator})
     return {**state, ENGINE_RNG: rng["engine"]}
 
@@ -132,6 +147,7 @@ def _nonfinite_weights(learner: LearnerRole) -> list[str]:
     return [
         f"{role}.{name}"
         for role, model in (("policy", learner.models.policy), ("value", learner.models.value))
+        if model is not None
         for name, weight in model.named_parameters()
         if not bool(torch.isfinite(weight).all())
     ]
@@ -145,7 +161,9 @@ def _write_state(learner: LearnerRole, state: dict[str, Any], directory: Path) -
     optimizers: dict[str, torch.optim.Optimizer] | None
     if isinstance(learner, Learner):
         rng = rng_state({"update": learner.update_generator})
-        optimizers = {"actor": learner.actor_optim, "critic": learner.critic_optim}
+        optimizers = {"actor": learner.actor_optim}
+        if learner.critic_optim is not None:
+            optimizers["critic"] = learner.critic_optim
     else:  # the training workers write their shards (weights, optimizers, update shuffles)
         cast("ShardedLearnerRole", learner).save_sharded(directory)
         rng, optimizers = rng_state({}), None

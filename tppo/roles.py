@@ -16,6 +16,7 @@ from tppo.config import TPPOConfig
 from tppo.engines import get_engine_factory
 from tppo.engines.base import Engine
 from tppo.learner import Learner, LearnerRole
+from tppo.methods import get_method
 from tppo.models import Models, Vocabulary, load_models, load_policy
 
 
@@ -27,7 +28,12 @@ def build_engine(config: TPPOConfig, policy: PreTrainedModel, vocabulary: Vocabu
 def build_learner(config: TPPOConfig, models: Models | None = None) -> LearnerRole:
     """The training role: in-process (``train_workers = 0``) or M remote FSDP2 processes."""
     if config.distributed.train_workers == 0:
-        return Learner(config, models or load_models(config.model))
+        if models is None:
+            method = get_method(config.algorithm.name)
+            models = load_models(
+                config.model, value=method.needs_critic, reference=config.algorithm.kl_coef > 0
+            )
+        return Learner(config, models)
     from tppo.distributed.ray_roles import RayLearnerGroup
 
     return RayLearnerGroup(config)

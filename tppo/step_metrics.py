@@ -32,10 +32,12 @@ DIAGNOSTIC_TAIL = 8
 
 
 def step_metrics(
-    batch: RolloutBatch,
+    batch: RolloutBatch | None,
     retired: Sequence[Slot],
     scores: torch.Tensor,
     *,
+    finished: torch.Tensor,
+    active_scores: torch.Tensor,
     step: int,
     new_prompts: int,
     prompts_consumed: int,
@@ -51,21 +53,23 @@ def step_metrics(
     statistics (``actor/*``, ``critic/*``) and the truncation diagnostics (``diagnostics/*``).
 
     Args:
-        batch: the step's batch, ``per_token`` holding ``policy_mask``, ``value_mask``,
-            ``raw_advantages``, ``returns`` and ``old_values``.
-        retired: the slots that finished in this step, in batch-row order of the finished rows.
-        scores: ``Tensor[B]`` outcome rewards (0 for unfinished rows).
+        batch: the step's training batch (``None``: nothing trained), ``per_token`` holding
+            ``policy_mask`` and ``raw_advantages``, and with a critic ``value_mask``, ``returns``
+            and ``old_values``.
+        retired: the slots that finished in this step, in slot order.
+        scores: ``Tensor[B]`` the training batch's rewards (0 for unfinished rows).
+        finished: ``Tensor[A]`` bool, which of the step's ``A`` occupied slots finished.
+        active_scores: ``Tensor[A]`` their outcome rewards (0 for unfinished ones).
         new_prompts: prompts the step's fill took.
         prompts_consumed: the prompt stream's position after the step.
         num_slots: ``K``.
         engine: the rollout engine's counters of this step.
-        actor, critic: the two updates' statistics.
+        actor, critic: the two updates' statistics (``critic`` empty without a value model).
         gamma: the discount (bootstrap errors compare with discounted rewards).
         policy_skip_tail: ``algorithm.policy_skip_tail`` (the diagnosed window-edge tail).
         recomputed_old_log_probs: whether ``old_log_probs`` were recomputed by the trainer (then
             ``rollout/logprob_gap_abs_mean`` compares them with the engine's on this step's tokens).
     """
-    per_token, finished = batch.per_token, batch.is_finished
     lengths = [len(s.response_ids) for s in retired]
     metrics: dict[str, Any] = {
         "step": step,
@@ -77,34 +81,70 @@ def step_metrics(
         "rollout/decode_steps": engine.decode_steps,
         "rollout/slot_utilization": engine.generated_tokens / max(num_slots * engine.decode_steps, 1),
         "rollout/prompts_consumed": prompts_consumed,
-        "tokens/policy": int(per_token["policy_mask"].sum()),
-        "tokens/value": int(per_token["value_mask"].sum()),
-        "reward/mean": float(scores[finished].mean()) if finished.any() else math.nan,
+        "reward/mean": float(active_scores[finished.to(active_scores.device)].mean())
+        if finished.any()
+        else math.nan,
         "response_length/mean": sum(lengths) / len(lengths) if lengths else math.nan,
         "response_length/max": max(lengths) if lengths else math.nan,
         "response_length/values": lengths,
-        "advantages/raw_mean": float(masked_mean(per_token["raw_advantages"], per_token["policy_mask"])),
-        "critic/explained_variance": float(
-            explained_variance(per_token["old_values"], per_token["returns"], per_token["value_mask"])
-        )
-        if finished.any()
-        else math.nan,
     }
     metrics.update({k: v for k, v in engine.extra.items() if k.startswith("faults/")})
+    metrics.update(
+        training_metrics(batch, retired, scores, step=step, gamma=gamma, policy_skip_tail=policy_skip_tail)
+    )
     metrics.update({f"actor/{k}": v for k, v in actor.items()})
     metrics.update({f"critic/{k}": v for k, v in critic.items()})
-    metrics.update(
+    if batch is not None and recomputed_old_log_probs and "old_log_probs" in batch.per_token:
+        # this step's tokens: the engine sampled them with the weights old_forward used
+        this_step = batch.response_mask & (batch.token_steps == step)
+        metrics["rollout/logprob_gap_abs_mean"] = log_prob_gap(
+            batch.engine_log_probs, batch.per_token["old_log_probs"], this_step
+        )
+    return metrics
+
+
+def training_metrics(
+    batch: RolloutBatch | None,
+    retired: Sequence[Slot],
+    scores: torch.Tensor,
+    *,
+    step: int,
+    gamma: float,
+    policy_skip_tail: int,
+) -> dict[str, Any]:
+    """Token counts, advantages, and (with a critic) explained variance and truncation diagnostics
+    of the step's training batch; without a critic, the trained responses' policy versions."""
+    if batch is None:
+        return {"tokens/policy": 0, "tokens/value": 0}
+    per_token = batch.per_token
+    out: dict[str, Any] = {
+        "tokens/policy": int(per_token["policy_mask"].sum()),
+        "tokens/value": int(per_token["value_mask"].sum()) if "value_mask" in per_token else 0,
+        "advantages/raw_mean": float(masked_mean(per_token["raw_advantages"], per_token["policy_mask"])),
+    }
+    if "value_mask" not in per_token:  # no critic: a response trains on all its tokens, once
+        versions = [float(v) for v in policy_versions_per_row(batch)]
+        out["diagnostics/policy_versions_mean"] = sum(versions) / len(versions)
+        out["diagnostics/stale_policy_token_frac"] = stale_token_fraction(
+            batch.token_steps, per_token["policy_mask"], step=step
+        )
+        return out
+    out["critic/explained_variance"] = (
+        float(explained_variance(per_token["old_values"], per_token["returns"], per_token["value_mask"]))
+        if batch.is_finished.any()
+        else math.nan
+    )
+    out.update(
         truncation_diagnostics(
             batch, retired, scores, step=step, gamma=gamma, policy_skip_tail=policy_skip_tail
         )
     )
-    if recomputed_old_log_probs and "old_log_probs" in per_token:
-        # this step's tokens: the engine sampled them with the weights old_forward used
-        this_step = batch.response_mask & (batch.token_steps == step)
-        metrics["rollout/logprob_gap_abs_mean"] = log_prob_gap(
-            batch.engine_log_probs, per_token["old_log_probs"], this_step
-        )
-    return metrics
+    return out
+
+
+def policy_versions_per_row(batch: RolloutBatch) -> list[int]:
+    """Distinct generating steps of each row's response tokens."""
+    return [policy_versions([int(t) for t in row[row >= 0]]) for row in batch.token_steps]
 
 
 def truncation_diagnostics(

@@ -22,13 +22,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from tppo.algorithms import (
-    get_advantage_estimator,
-    masked_whiten,
-    monte_carlo_returns,
-    outcome_rewards,
-    select_tokens,
-)
 from tppo.checkpoint import latest_checkpoint, truncate_lines
 from tppo.config import TPPOConfig, save_config, to_dict
 from tppo.config_checks import check_config
@@ -37,6 +30,7 @@ from tppo.engines.types import LENGTH, SamplingParams
 from tppo.evaluation import EvalResult, evaluate
 from tppo.faults import crash_point
 from tppo.learner import Learner
+from tppo.methods import get_method
 from tppo.metrics import MetricsLogger, PhaseTimer, read_metrics
 from tppo.models import Models, load_vocabulary
 from tppo.recovery import restartable, train_with_restarts
@@ -96,6 +90,9 @@ class Trainer:
             window_length=r.window_length,
             max_response_length=r.max_response_length,
         )
+        self.method = get_method(config.algorithm.name)
+        self.selector = self.method.selector(config)
+        """Which responses train in each step (groups waiting for their last member, ...)."""
         self.sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
         self.engine = build_rollout(config, self.learner, self.vocabulary)
         self.step = 0
@@ -122,7 +119,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
     def train_step(self) -> dict[str, Any]:
-        """One T-PPO step (Algorithm 1, lines 2-10); returns its metrics."""
+        """One step (Algorithm 1, lines 2-10, with the method's choices); returns its metrics."""
         timer, step = PhaseTimer(), self.step
         with self._phase(timer, "fill"):
             new_prompts = self.pool.fill(step)
@@ -133,24 +130,38 @@ class Trainer:
             self._generate(step, active)
         with self._phase(timer, "reward"):
             scores, reward_problems = self._reward(active)
-        batch = collate(active, pad_token_id=self.vocabulary.pad_token_id).to(self.device)
-        with self._phase(timer, "old_forward"):
-            batch.per_token.update(self.learner.old_forward(batch))
-        with self._phase(timer, "estimate"):
-            self._estimate(batch, scores, step)
-            _record_bootstraps(active, batch)
-        lr_factor = self._set_learning_rates()
-        with self._phase(timer, "actor"):
-            actor = self._update_actor(batch)
-        with self._phase(timer, "critic"):
-            critic = self._update_critic(batch)
+        finished = torch.tensor([slot.finished for slot in active], dtype=torch.bool)
         retired = self.pool.retire()
+        train = self.selector.select(active, scores, retired, step)
+        batch = (
+            collate(train.slots, pad_token_id=self.vocabulary.pad_token_id).to(self.device)
+            if train.slots
+            else None
+        )
+        actor: dict[str, float] = {"updates": 0.0}
+        critic: dict[str, float] = {"updates": 0.0} if self.method.needs_critic else {}
+        lr_factor = self._set_learning_rates()
+        if batch is not None:
+            with self._phase(timer, "old_forward"):
+                batch.per_token.update(self.learner.old_forward(batch))
+            if self.config.algorithm.kl_coef > 0:
+                with self._phase(timer, "reference"):
+                    batch.per_token.update(self.learner.reference_forward(batch))  # type: ignore[attr-defined]
+            with self._phase(timer, "estimate"):
+                self.method.estimate(batch, train, step=step, config=self.config)
+            with self._phase(timer, "actor"):
+                actor = self._update_actor(batch)
+            if self.method.needs_critic:
+                with self._phase(timer, "critic"):
+                    critic = self._update_critic(batch)
         self.step += 1
         a = self.config.algorithm
         metrics = step_metrics(
             batch,
             retired,
-            scores,
+            train.scores,
+            finished=finished,
+            active_scores=scores,
             step=step,
             new_prompts=new_prompts,
             prompts_consumed=self.pool.stream.position,
@@ -162,6 +173,7 @@ class Trainer:
             policy_skip_tail=a.policy_skip_tail,
             recomputed_old_log_probs=a.recompute_old_log_probs,
         )
+        metrics.update(train.metrics)
         metrics.update(timer.as_metrics())
         metrics.update(worker_metrics(self.engine.workers_of(len(active)), active, step))
         metrics["time/step_s"] = sum(timer.seconds.values())
@@ -182,8 +194,8 @@ class Trainer:
         self.pool.record(step, completions, self.vocabulary.eos_token_ids)
 
     def _reward(self, active: list[Slot]) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Scores ``Tensor[B]``: the outcome reward of finished slots, 0 for unfinished ones; and
-        how many rewards raised and timed out (both scored 0)."""
+        """Scores ``Tensor[B]``: the outcome reward of finished slots (also kept as ``slot.score``),
+        0 for unfinished ones; and how many rewards raised and timed out (both scored 0)."""
         finished = [i for i, slot in enumerate(active) if slot.finished]
         decode = self.vocabulary.tokenizer.decode
         texts = [str(decode(active[i].response_ids, skip_special_tokens=True)) for i in finished]
@@ -194,37 +206,8 @@ class Trainer:
             if truncated_reward is not None and active[i].finish == LENGTH:
                 score = truncated_reward
             scores[i] = score
+            active[i].score = float(scores[i])
         return scores.to(self.device), (result.errors, result.timeouts)
-
-    def _estimate(self, batch: RolloutBatch, scores: torch.Tensor, step: int) -> None:
-        """EGAE advantages (over each response's history; only this window's are trained),
-        Monte-Carlo returns, and the policy/value token masks."""
-        a, per_token = self.config.algorithm, batch.per_token
-        rewards = outcome_rewards(scores, batch.response_mask)
-        estimator = get_advantage_estimator(a.advantage_estimator)
-        advantages = estimator(
-            rewards,
-            per_token["old_values"],
-            batch.response_mask,
-            batch.is_finished,
-            gamma=a.gamma,
-            gae_lambda=a.gae_lambda,
-        )
-        masks = select_tokens(
-            batch.token_steps,
-            batch.response_mask,
-            batch.is_finished,
-            step=step,
-            policy_skip_tail=a.policy_skip_tail,
-        )
-        per_token["raw_advantages"] = advantages
-        if a.whiten_advantages and masks.policy_mask.sum() > 1:
-            advantages = masked_whiten(advantages, masks.policy_mask, shift_mean=a.whiten_shift_mean)
-        if a.advantage_clip is not None:
-            advantages = advantages.clamp(-a.advantage_clip, a.advantage_clip)
-        per_token["advantages"] = advantages
-        per_token["returns"] = monte_carlo_returns(rewards, batch.response_mask, gamma=a.gamma)
-        per_token["policy_mask"], per_token["value_mask"] = masks.policy_mask, masks.value_mask
 
     def _set_learning_rates(self) -> float:
         """Both optimizers' rates for this step, from the schedule; returns the factor used."""
@@ -247,7 +230,7 @@ class Trainer:
         return factor
 
     def _update_actor(self, batch: RolloutBatch) -> dict[str, float]:
-        """The clipped policy update on this window's tokens (none during critic warm-up)."""
+        """The method's policy update on the batch's policy tokens (none during critic warm-up)."""
         if self.step < self.config.trainer.critic_warmup_steps:
             return {"updates": 0.0}
         return self.learner.update_actor(batch)
@@ -420,6 +403,7 @@ class Trainer:
             "metrics_rows": self.metrics_rows,
             "bad_steps": dict(self.bad_steps),
             "pool": self.pool.state_dict(),
+            "method": self.selector.state_dict(),
             "config": to_dict(self.config),
             ENGINE_RNG: self.engine.get_rng_state(),
         }
@@ -428,6 +412,7 @@ class Trainer:
         """Restore what :meth:`state_dict` returned (the config is checked, not loaded: see
         :func:`tppo.resume.check_resumable`)."""
         self.pool.load_state_dict(state["pool"])
+        self.selector.load_state_dict(state.get("method") or self.selector.state_dict())
         self.engine.set_rng_state(state[ENGINE_RNG])
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
         self.bad_steps = dict(state["bad_steps"])
@@ -469,14 +454,3 @@ class Trainer:
         self.engine.close()
         self.learner.close()
         self.scorer.close()
-
-
-def _record_bootstraps(active: list[Slot], batch: RolloutBatch) -> None:
-    """Remember, on each unfinished slot, the value EGAE bootstrapped with at this window edge."""
-    lengths = batch.response_mask.sum(dim=1).tolist()
-    values = batch.per_token["old_values"]
-    for row, slot in enumerate(active):
-        if not slot.finished and lengths[row] > 0:
-            position = int(lengths[row]) - 1
-            slot.bootstrap_positions.append(position)
-            slot.bootstrap_values.append(float(values[row, position]))

@@ -11,12 +11,13 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
-from tppo.algorithms import policy_loss, value_loss
+from tppo.algorithms import decoupled_policy_loss, kl_k3, policy_loss, value_loss
 from tppo.engines.types import SamplingParams
 from tppo.models import response_log_probs, response_values
 from tppo.rollout.batch import RolloutBatch, shard_packs
@@ -64,12 +65,14 @@ def run_update(
     schedule: UpdateSchedule,
     generator: torch.Generator,
     shard: Shard = Shard(),
+    weight_key: str | None = None,
 ) -> dict[str, float]:
     """Train ``model`` on the rows of ``batch`` that have tokens in ``batch.per_token[mask_key]``.
 
     Returns the mean of each statistic over minibatches, plus ``grad_norm``, ``updates`` (optimizer
     steps attempted) and ``skipped_updates`` (of those, skipped: a non-finite loss or gradient); the
-    same on every rank: statistics are summed over ranks.
+    same on every rank: statistics are summed over ranks. ``weight_key``: a ``per_token`` tensor of
+    token weights; the minibatch's denominator is then the weights' sum over its masked tokens.
     """
     mask = batch.per_token[mask_key]
     rows = torch.nonzero(mask.any(dim=1)).flatten()
@@ -80,7 +83,9 @@ def run_update(
     for _ in range(schedule.epochs):
         shuffled = rows[torch.randperm(len(rows), generator=generator).to(rows.device)]
         for minibatch in torch.tensor_split(shuffled, min(schedule.num_minibatches, len(rows))):
-            stats = _minibatch_step(model, optimizer, batch, minibatch, mask_key, loss_fn, schedule, shard)
+            stats = _minibatch_step(
+                model, optimizer, batch, minibatch, (mask_key, weight_key), loss_fn, schedule, shard
+            )
             for key, value in stats.items():
                 totals[key].append(value)
     out = {key: sum(values) / len(values) for key, values in totals.items()}
@@ -94,12 +99,13 @@ def _minibatch_step(
     optimizer: torch.optim.Optimizer,
     batch: RolloutBatch,
     rows: torch.Tensor,
-    mask_key: str,
+    keys: tuple[str, str | None],
     loss_fn: LossFn,
     schedule: UpdateSchedule,
     shard: Shard,
 ) -> dict[str, float]:
-    token_count = float(batch.per_token[mask_key][rows].sum())  # the whole minibatch's, all ranks
+    mask_key, weight_key = keys
+    token_count = _token_count(batch, rows, mask_key, weight_key)  # the whole minibatch's, all ranks
     optimizer.zero_grad(set_to_none=True)
     weighted: dict[str, float] = defaultdict(float)
     nonfinite_loss = False
@@ -115,7 +121,7 @@ def _minibatch_step(
         loss, stats = loss_fn(model, sub, token_count)
         nonfinite_loss = nonfinite_loss or not bool(torch.isfinite(loss.detach()).all())
         loss.backward()
-        share = float(sub.per_token[mask_key].sum()) / token_count
+        share = _token_count(sub, None, mask_key, weight_key) / token_count
         for key, value in stats.items():
             weighted[key] += share * value
     for _ in range(padding):  # an empty pass: keeps this rank's collectives in step with the others
@@ -134,6 +140,17 @@ def _minibatch_step(
     weighted["grad_norm"] = grad_norm
     weighted["skipped_nonfinite"] = float(not ok)
     return dict(weighted)
+
+
+def _token_count(
+    batch: RolloutBatch, rows: torch.Tensor | None, mask_key: str, weight_key: str | None
+) -> float:
+    """Masked tokens of ``rows`` (all rows: ``None``), or their summed weights with ``weight_key``."""
+    mask = batch.per_token[mask_key] if rows is None else batch.per_token[mask_key][rows]
+    if weight_key is None:
+        return float(mask.sum())
+    weights = batch.per_token[weight_key] if rows is None else batch.per_token[weight_key][rows]
+    return float(torch.where(mask, weights, 0.0).sum())
 
 
 def _sum_over_ranks(stats: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -159,42 +176,86 @@ def clip_gradients(model: torch.nn.Module, max_norm: float | None) -> float:
     return float(total)
 
 
-def actor_loss_fn(
-    *, sampling: SamplingParams, clip_eps_low: float, clip_eps_high: float, dual_clip: float | None
-) -> LossFn:
-    """The clipped policy objective (paper eq. 1) on ``per_token['policy_mask']``, with log-probs
-    under the rollout's sampling distribution ``sampling`` (the engines' log-prob contract)."""
+Surrogate = Callable[[torch.Tensor, RolloutBatch, float], Any]
+"""A policy objective ``(log_probs, sub_batch, token_count) -> PolicyLossOutput``-like NamedTuple
+(``loss`` first, then detached statistics) on ``sub_batch.per_token['policy_mask']``."""
 
-    def loss_fn(model: PreTrainedModel, sub: RolloutBatch, token_count: float) -> tuple[torch.Tensor, dict]:
-        log_probs, entropy = response_log_probs(model, sub, sampling=sampling)
-        mask = sub.per_token["policy_mask"]
-        # Absent only when old_forward skipped the recompute (recompute on, one epoch, one
-        # minibatch): this forward pass then runs on exactly the weights that generated.
-        old_log_probs = sub.per_token.get("old_log_probs", log_probs.detach())
-        out = policy_loss(
+
+def weighted_advantages(sub: RolloutBatch) -> torch.Tensor:
+    """The batch's advantages, times ``per_token['token_weights']`` when present. The clipped
+    objectives are positively homogeneous in ``A``, so this weighs each token's loss by its weight
+    (the loss aggregation of :func:`~tppo.algorithms.sequence_token_weights`)."""
+    advantages = sub.per_token["advantages"]
+    weights = sub.per_token.get("token_weights")
+    return advantages if weights is None else advantages * weights
+
+
+def proximal_log_probs(sub: RolloutBatch, log_probs: torch.Tensor) -> torch.Tensor:
+    """``old_log_probs``; absent only when old_forward skipped the recompute (one epoch, one
+    minibatch): this forward pass then runs on exactly the weights ``pi_old``."""
+    return sub.per_token.get("old_log_probs", log_probs.detach())
+
+
+def clipped_surrogate(*, clip_eps_low: float, clip_eps_high: float, dual_clip: float | None) -> Surrogate:
+    """The clipped objective (paper eq. 1) around ``pi_old``: :func:`~tppo.algorithms.policy_loss`."""
+
+    def surrogate(log_probs: torch.Tensor, sub: RolloutBatch, token_count: float) -> Any:
+        return policy_loss(
             log_probs,
-            old_log_probs,
-            sub.per_token["advantages"],
-            mask,
+            proximal_log_probs(sub, log_probs),
+            weighted_advantages(sub),
+            sub.per_token["policy_mask"],
             clip_eps_low=clip_eps_low,
             clip_eps_high=clip_eps_high,
             dual_clip=dual_clip,
             token_count=token_count,
         )
+
+    return surrogate
+
+
+def decoupled_surrogate(
+    *, clip_eps_low: float, clip_eps_high: float, dual_clip: float | None, is_cap: float | None
+) -> Surrogate:
+    """:func:`~tppo.algorithms.decoupled_policy_loss`: behaviour = the engine's log-probs of each
+    token (recorded at the step that generated it), proximal = ``pi_old`` at the training step."""
+
+    def surrogate(log_probs: torch.Tensor, sub: RolloutBatch, token_count: float) -> Any:
+        return decoupled_policy_loss(
+            log_probs,
+            proximal_log_probs(sub, log_probs),
+            sub.engine_log_probs,
+            weighted_advantages(sub),
+            sub.per_token["policy_mask"],
+            clip_eps_low=clip_eps_low,
+            clip_eps_high=clip_eps_high,
+            is_cap=is_cap,
+            dual_clip=dual_clip,
+            token_count=token_count,
+        )
+
+    return surrogate
+
+
+def actor_loss_fn(*, sampling: SamplingParams, surrogate: Surrogate, kl_coef: float = 0.0) -> LossFn:
+    """The method's policy objective ``surrogate`` on ``per_token['policy_mask']``, with log-probs
+    under the rollout's sampling distribution ``sampling`` (the engines' log-prob contract); plus
+    ``kl_coef`` times the k3 KL to the reference policy when ``reference_log_probs`` are present."""
+
+    def loss_fn(model: PreTrainedModel, sub: RolloutBatch, token_count: float) -> tuple[torch.Tensor, dict]:
+        log_probs, entropy = response_log_probs(model, sub, sampling=sampling)
+        mask = sub.per_token["policy_mask"]
+        out = surrogate(log_probs, sub, token_count)
+        loss = out.loss
+        stats = {"loss": float(out.loss.detach()) * token_count / max(float(mask.sum()), 1.0)}
+        stats.update({k: float(v) for k, v in out._asdict().items() if k != "loss"})
+        if kl_coef > 0 and "reference_log_probs" in sub.per_token:
+            kl = kl_k3(log_probs, sub.per_token["reference_log_probs"], mask, token_count=token_count)
+            loss = loss + kl_coef * kl
+            stats["kl_ref"] = float(kl.detach()) * token_count / max(float(mask.sum()), 1.0)
         with torch.no_grad():
-            ent = float(torch.where(mask, entropy, 0.0).sum() / mask.sum().clamp(min=1))
-        stats = {
-            "loss": float(out.loss.detach()) * token_count / max(float(mask.sum()), 1.0),
-            "clipfrac": float(out.clipfrac),
-            "clipfrac_upper": float(out.clipfrac_upper),
-            "clipfrac_lower": float(out.clipfrac_lower),
-            "approx_kl": float(out.approx_kl),
-            "ratio_mean": float(out.ratio_mean),
-            "ratio_max": float(out.ratio_max),
-            "dual_clipfrac": float(out.dual_clipfrac),
-            "entropy": ent,
-        }
-        return out.loss, stats
+            stats["entropy"] = float(torch.where(mask, entropy, 0.0).sum() / mask.sum().clamp(min=1))
+        return loss, stats
 
     return loss_fn
 

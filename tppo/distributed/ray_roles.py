@@ -327,7 +327,8 @@ class LearnerWorker:
             torch.cuda.set_device(device)
         mesh = device_mesh(device, self.shard.world_size)
         shard_model(models.policy, mesh)
-        shard_model(models.value, mesh)
+        if models.value is not None:  # (critic-free methods are refused with training workers)
+            shard_model(models.value, mesh)
         self.learner = Learner(self.config, models, self.shard)
 
     def call(self, method: str, step: int, *args: Any) -> Any:

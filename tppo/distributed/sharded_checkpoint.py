@@ -39,10 +39,12 @@ UPDATE_RNG = "update_rng"
 
 
 def _parts(learner: Learner) -> dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]]:
-    return {
-        "policy": (learner.models.policy, learner.actor_optim),
-        "value": (learner.models.value, learner.critic_optim),
+    parts: dict[str, tuple[torch.nn.Module, torch.optim.Optimizer]] = {
+        "policy": (learner.models.policy, learner.actor_optim)
     }
+    if learner.models.value is not None and learner.critic_optim is not None:
+        parts["value"] = (learner.models.value, learner.critic_optim)
+    return parts
 
 
 def sharded_state(learner: Learner, *, optimizers: set[str]) -> dict[str, Any]:

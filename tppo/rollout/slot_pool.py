@@ -32,6 +32,8 @@ class Slot:
         bootstrap_positions: for each window edge the response crossed unfinished, the index of
             the window's last token (where EGAE bootstrapped with ``V(s_{b-1})``).
         bootstrap_values: the value estimate used as the bootstrap at each of those edges.
+        score: the outcome reward, once finished and scored (a group member keeps it while it
+            waits for the rest of its group: :class:`~tppo.rollout.groups.GroupBuffer`).
     """
 
     prompt: Prompt
@@ -42,6 +44,7 @@ class Slot:
     finish: FinishReason | None = None
     bootstrap_positions: list[int] = field(default_factory=list)
     bootstrap_values: list[float] = field(default_factory=list)
+    score: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -120,7 +123,7 @@ class SlotPool:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the unfinished responses exactly."""
         return {
-            "slots": [None if s is None else {**asdict(s), "prompt": asdict(s.prompt)} for s in self.slots],
+            "slots": [None if s is None else slot_to_dict(s) for s in self.slots],
             "stream": self.stream.state_dict(),
         }
 
@@ -128,10 +131,15 @@ class SlotPool:
         if len(state["slots"]) != self.num_slots:
             raise ValueError(f"checkpoint has {len(state['slots'])} slots, this pool has {self.num_slots}")
         self.stream.load_state_dict(state["stream"])
-        self.slots = [None if s is None else _slot_from_dict(s) for s in state["slots"]]
+        self.slots = [None if s is None else slot_from_dict(s) for s in state["slots"]]
 
 
-def _slot_from_dict(data: dict[str, Any]) -> Slot:
+def slot_to_dict(slot: Slot) -> dict[str, Any]:
+    """A JSON-able copy of ``slot`` (what checkpoints hold)."""
+    return {**asdict(slot), "prompt": asdict(slot.prompt)}
+
+
+def slot_from_dict(data: dict[str, Any]) -> Slot:
     prompt = dict(data["prompt"])
     prompt["token_ids"] = tuple(prompt["token_ids"])
     return Slot(**{**data, "prompt": Prompt(**prompt)})

@@ -1,0 +1,106 @@
+"""The methods of the one trainer (``algorithm.name``): GRPO, DAPO and partial rollout on the demo task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import SMALL_RUN
+
+from tppo.config import ConfigError, load_config
+from tppo.config_checks import check_names
+from tppo.methods import METHODS, get_method
+from tppo.trainer import Trainer
+
+GROUPS = [*SMALL_RUN, "rollout.samples_per_prompt=4", "rollout.window_length=48"]
+PARTIAL = [*SMALL_RUN, "rollout.samples_per_prompt=4", "algorithm.name=partial_rollout"]
+
+
+def params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_the_registry_holds_every_method_and_names_the_known_ones():
+    assert {"ppo", "grpo", "dapo", "partial_rollout"} <= set(METHODS)
+    assert get_method("ppo").needs_critic and not get_method("grpo").needs_critic
+    with pytest.raises(KeyError, match="grpo"):
+        get_method("grpoo")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algorithm.name=grpoo"], r"algorithm.name: .*grpo"),
+        (["algorithm.name=grpo", "rollout.window_length=8"], r"rollout.window_length: algorithm.name=grpo"),
+        (
+            ["algorithm.name=dapo", "rollout.window_length=48", "rollout.num_slots=10"],
+            r"rollout.num_slots: \(10\) must be a multiple of rollout.samples_per_prompt \(4\)",
+        ),
+        (["algorithm.name=partial_rollout", "distributed.train_workers=2"], r"distributed.train_workers"),
+    ],
+)
+def test_bad_method_configs_name_the_key(overrides, message):
+    config = load_config(None, [*SMALL_RUN, "rollout.samples_per_prompt=4", *overrides], validate=False)
+    with pytest.raises(ConfigError, match=message):
+        check_names(config)
+
+
+@pytest.mark.slow
+def test_grpo_loads_no_value_model_and_trains_the_policy(tmp_path):
+    trainer = Trainer(load_config(None, [*GROUPS, "algorithm.name=grpo"]), tmp_path)
+    assert trainer.models.value is None and trainer.learner.critic_optim is None
+    assert trainer.models.reference is None
+    before = params(trainer.models.policy)
+    metrics = trainer.train_step()
+    assert metrics["rollout/groups_completed"] == 3  # 12 slots, groups of 4, l = L
+    assert metrics["rollout/waiting_responses"] == 0
+    assert metrics["tokens/value"] == 0 and metrics["tokens/policy"] > 0
+    assert not any(k.startswith("critic/") for k in metrics) and "time/critic_s" not in metrics
+    assert any(not torch.equal(before[n], p) for n, p in trainer.models.policy.named_parameters())
+
+
+@pytest.mark.slow
+def test_a_dapo_step_whose_groups_are_all_degenerate_updates_nothing(tmp_path):
+    # a reward that gives every response the same score: every group is degenerate
+    trainer = Trainer(load_config(None, [*GROUPS, "algorithm.name=dapo"]), tmp_path)
+    trainer.selector.cache_length = None  # (a truncated response would differ by its overlong penalty)
+    trainer.scorer = lambda texts, truths: type(
+        "R", (), {"scores": [1.0] * len(texts), "errors": 0, "timeouts": 0}
+    )()
+    before = params(trainer.models.policy)
+    metrics = trainer.train_step()
+    assert metrics["rollout/filtered_groups"] == 3 and metrics["rollout/groups_trained"] == 0
+    assert metrics["actor/updates"] == 0 and metrics["tokens/policy"] == 0
+    assert all(torch.equal(before[n], p) for n, p in trainer.models.policy.named_parameters())
+
+
+@pytest.mark.slow
+def test_dapo_waits_for_enough_informative_groups(tmp_path):
+    trainer = Trainer(
+        load_config(None, [*GROUPS, "algorithm.name=dapo", "algorithm.min_groups_per_update=100"]), tmp_path
+    )
+    metrics = trainer.train_step()
+    kept = metrics["rollout/groups_completed"] - metrics["rollout/filtered_groups"]
+    assert metrics["actor/updates"] == 0
+    assert metrics["rollout/waiting_responses"] == 4 * kept  # held for a later update
+
+
+@pytest.mark.slow
+def test_partial_rollout_trains_each_group_once_when_complete(tmp_path):
+    trainer = Trainer(load_config(None, [*PARTIAL, "algorithm.ppo_epochs=2"]), tmp_path)
+    assert trainer.models.value is None
+    trained: list[int] = []
+    original = trainer.selector.select
+
+    def spy(*args):
+        out = original(*args)
+        trained.extend(s.prompt.uid for s in out.slots)
+        return out
+
+    trainer.selector.select = spy
+    rows = [trainer.train_step() for _ in range(6)]
+    assert len(trained) == len(set(trained)) > 0  # nothing twice
+    assert len(trained) % 4 == 0
+    groups = {uid // 4 for uid in trained}
+    assert all({4 * g + k for k in range(4)} <= set(trained) for g in groups)  # whole groups only
+    assert any(r["diagnostics/policy_versions_mean"] > 1 for r in rows if r["tokens/policy"])
+    assert all("actor/is_weight_mean" in r for r in rows if r["tokens/policy"])

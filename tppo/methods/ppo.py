@@ -1,0 +1,104 @@
+"""PPO and T-PPO (``algorithm.name: ppo``): a critic, EGAE over the partial responses, the clipped
+objective on the tokens generated this step (paper Algorithm 1). PPO is ``l = L``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from tppo.algorithms import (
+    get_advantage_estimator,
+    masked_whiten,
+    monte_carlo_returns,
+    outcome_rewards,
+    select_tokens,
+)
+from tppo.methods.base import METHODS, TrainSet
+from tppo.update import Surrogate, clipped_surrogate
+
+if TYPE_CHECKING:
+    from tppo.config import TPPOConfig
+    from tppo.rollout.batch import RolloutBatch
+    from tppo.rollout.slot_pool import Slot
+
+
+class StepSelector:
+    """Every occupied slot trains in the step that generated its tokens (nothing to remember)."""
+
+    def select(
+        self, active: Sequence[Slot], scores: torch.Tensor, retired: Sequence[Slot], step: int
+    ) -> TrainSet:
+        return TrainSet(list(active), scores)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
+
+
+class PPOMethod:
+    """PPO / T-PPO with a value model (DESIGN.md section 5, first two rows)."""
+
+    name = "ppo"
+    needs_critic = True
+
+    def check(self, config: TPPOConfig) -> None:
+        """Every combination the config itself accepts."""
+
+    def selector(self, config: TPPOConfig) -> StepSelector:
+        return StepSelector()
+
+    def estimate(self, batch: RolloutBatch, train: TrainSet, *, step: int, config: TPPOConfig) -> None:
+        """EGAE advantages (over each response's history; only this window's are trained),
+        Monte-Carlo returns, the policy/value token masks; and, on each unfinished slot, the value
+        EGAE bootstrapped with at this window edge (for the truncation diagnostics)."""
+        a, per_token = config.algorithm, batch.per_token
+        rewards = outcome_rewards(train.scores, batch.response_mask)
+        estimator = get_advantage_estimator(a.advantage_estimator)
+        advantages = estimator(
+            rewards,
+            per_token["old_values"],
+            batch.response_mask,
+            batch.is_finished,
+            gamma=a.gamma,
+            gae_lambda=a.gae_lambda,
+        )
+        masks = select_tokens(
+            batch.token_steps,
+            batch.response_mask,
+            batch.is_finished,
+            step=step,
+            policy_skip_tail=a.policy_skip_tail,
+        )
+        per_token["raw_advantages"] = advantages
+        if a.whiten_advantages and masks.policy_mask.sum() > 1:
+            advantages = masked_whiten(advantages, masks.policy_mask, shift_mean=a.whiten_shift_mean)
+        if a.advantage_clip is not None:
+            advantages = advantages.clamp(-a.advantage_clip, a.advantage_clip)
+        per_token["advantages"] = advantages
+        per_token["returns"] = monte_carlo_returns(rewards, batch.response_mask, gamma=a.gamma)
+        per_token["policy_mask"], per_token["value_mask"] = masks.policy_mask, masks.value_mask
+        record_bootstraps(train.slots, batch)
+
+    def surrogate(self, config: TPPOConfig) -> Surrogate:
+        a = config.algorithm
+        return clipped_surrogate(
+            clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high, dual_clip=a.dual_clip
+        )
+
+
+def record_bootstraps(slots: Sequence[Slot], batch: RolloutBatch) -> None:
+    """Remember, on each unfinished slot, the value EGAE bootstrapped with at this window edge."""
+    lengths = batch.response_mask.sum(dim=1).tolist()
+    values = batch.per_token["old_values"]
+    for row, slot in enumerate(slots):
+        if not slot.finished and lengths[row] > 0:
+            position = int(lengths[row]) - 1
+            slot.bootstrap_positions.append(position)
+            slot.bootstrap_values.append(float(values[row, position]))
+
+
+METHODS.add("ppo", PPOMethod())
