@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import SMALL_RUN
@@ -104,3 +106,56 @@ def test_partial_rollout_trains_each_group_once_when_complete(tmp_path):
     assert all({4 * g + k for k in range(4)} <= set(trained) for g in groups)  # whole groups only
     assert any(r["diagnostics/policy_versions_mean"] > 1 for r in rows if r["tokens/policy"])
     assert all("actor/is_weight_mean" in r for r in rows if r["tokens/policy"])
+
+
+def test_bench_methods_parse_to_runs_with_ppo_first():
+    from tppo.bench import parse_methods
+
+    runs = parse_methods(["grpo", "tppo@8", "partial_rollout", "dapo", "ppo"], 32)
+    assert [(m.name, m.window, m.algorithm, m.is_ppo) for m in runs] == [
+        ("ppo", 32, "ppo", True),
+        ("grpo", 32, "grpo", False),
+        ("tppo_l8", 8, "ppo", False),
+        ("partial_rollout_l8", 8, "partial_rollout", False),
+        ("dapo", 32, "dapo", False),
+    ]
+    with pytest.raises(ConfigError, match=r"--methods: 'grpoo'.*grpo"):
+        parse_methods(["grpoo"], 32)
+    with pytest.raises(ConfigError, match=r"--methods: 'tppo@x'"):
+        parse_methods(["tppo@x"], 32)
+    with pytest.raises(ConfigError, match=r"window 64 must be in \[1, 32\]"):
+        parse_methods(["tppo@64"], 32)
+
+
+@pytest.mark.slow
+def test_tiny_bench_of_the_methods(tmp_path, capsys):
+    from tppo.cli import main
+
+    tiny = [
+        "rollout.num_slots=8",
+        "rollout.max_response_length=32",
+        "data.train_size=64",
+        "data.eval_size=8",
+        "trainer.total_steps=2",
+        "trainer.eval_every=1",
+        "trainer.progress=false",
+        "trainer.tensorboard=false",
+    ]
+    out = tmp_path / "bench"
+    argv = [
+        "bench",
+        *tiny,
+        "--output-dir",
+        str(out),
+        "--seeds",
+        "1",
+        "--methods",
+        "grpo",
+        "partial_rollout@8",
+    ]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == {"ppo", "grpo", "partial_rollout_l8"}
+    config = (out / "runs" / "grpo" / "seed0" / "config.yaml").read_text()
+    assert "name: grpo" in config and "samples_per_prompt: 4" in config
+    assert "--methods grpo partial_rollout@8" in (out / "report.md").read_text()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tppo.config import ConfigError, TPPOConfig, load_config
+from tppo.config_checks import check_names
 from tppo.metrics import PHASES, read_metrics
 
 DONE_MARKER = "bench_done.json"
@@ -45,6 +46,7 @@ class BenchSpec:
         output_dir: the report directory.
         seeds: the seeds; every method runs once per seed.
         windows: the T-PPO windows ``l`` (PPO, ``l = L``, always runs too); empty: L/8, L/4, L/2.
+        methods: ``--methods`` (see :func:`parse_methods`); when given, ``windows`` is not used.
         budget_s: training wall-clock per run (``trainer.max_wall_seconds``; ``None``: the config's).
         target_accuracy: the accuracy whose time-to-reach is compared (``None``: the highest
             accuracy that every run reached).
@@ -55,19 +57,62 @@ class BenchSpec:
     output_dir: Path = Path("runs/bench")
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     windows: list[int] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
     budget_s: float | None = None
     target_accuracy: float | None = None
 
 
 @dataclass
 class Method:
+    """One method of the bench: a registered ``algorithm.name`` at a window ``l``.
+
+    Attributes:
+        name: the run's name (its directory and key in ``summary.json``).
+        window: ``rollout.window_length``.
+        is_ppo: the baseline (PPO, ``l = L``).
+        algorithm: ``algorithm.name``.
+    """
+
     name: str
     window: int
     is_ppo: bool
+    algorithm: str = "ppo"
 
     @property
     def label(self) -> str:
+        if self.algorithm != "ppo":
+            return f"{self.algorithm} (l = {self.window})"
         return f"PPO (l = L = {self.window})" if self.is_ppo else f"T-PPO (l = {self.window})"
+
+
+GROUP_SAMPLES = 4
+"""Samples per prompt of a critic-free group method in the bench when the base config has one."""
+
+
+def parse_methods(specs: Sequence[str], max_response_length: int) -> list[Method]:
+    """``--methods``: ``ppo``, ``tppo@l``, a registered method name (``grpo``, ``dapo``: ``l = L``) or
+    ``name@l`` (``partial_rollout@128``; a bare ``partial_rollout`` takes ``l = L / 4``). PPO comes
+    first, added when absent: it is every comparison's baseline."""
+    from tppo.methods import METHODS
+
+    out = [Method("ppo", max_response_length, True)]
+    for spec in specs:
+        name, _, window_text = spec.partition("@")
+        algorithm = "ppo" if name == "tppo" else name
+        if algorithm not in METHODS:
+            raise ConfigError(f"--methods: {spec!r}: {METHODS.unknown_message(algorithm)} (or tppo@l)")
+        default = max_response_length // 4 if name in ("tppo", "partial_rollout") else max_response_length
+        try:
+            window = int(window_text) if window_text else default
+        except ValueError:
+            raise ConfigError(f"--methods: {spec!r}: the window after '@' must be an integer") from None
+        if not 0 < window <= max_response_length:
+            raise ConfigError(f"--methods: {spec!r}: window {window} must be in [1, {max_response_length}]")
+        if name == "ppo" and window == max_response_length:
+            continue  # the baseline, already first
+        label = name if window == max_response_length and name != "tppo" else f"{name}_l{window}"
+        out.append(Method(label, window, False, algorithm))
+    return out
 
 
 def methods(max_response_length: int, windows: Sequence[int]) -> list[Method]:
@@ -83,6 +128,10 @@ def methods(max_response_length: int, windows: Sequence[int]) -> list[Method]:
 
 def run_config(spec: BenchSpec, method: Method, seed: int) -> TPPOConfig:
     overrides = [*spec.overrides, f"rollout.window_length={method.window}", f"trainer.seed={seed}"]
+    if method.algorithm != "ppo":
+        overrides.append(f"algorithm.name={method.algorithm}")
+        if load_config(spec.config, spec.overrides, validate=False).rollout.samples_per_prompt < 2:
+            overrides.append(f"rollout.samples_per_prompt={GROUP_SAMPLES}")
     if spec.budget_s is not None:
         overrides.append(f"trainer.max_wall_seconds={spec.budget_s}")
     return load_config(spec.config, overrides)
@@ -93,9 +142,10 @@ def run_bench(spec: BenchSpec) -> dict[str, Any]:
     from tppo.trainer import Trainer  # heavy imports only when training
 
     base = load_config(spec.config, spec.overrides, validate=False)  # each method sets its window
-    chosen = methods(base.rollout.max_response_length, spec.windows)
+    L = base.rollout.max_response_length
+    chosen = parse_methods(spec.methods, L) if spec.methods else methods(L, spec.windows)
     for method in chosen:  # refuse a bad config before the first run trains
-        run_config(spec, method, spec.seeds[0])
+        check_names(run_config(spec, method, spec.seeds[0]))
     total = len(chosen) * len(spec.seeds)
     index = 0
     started = time.perf_counter()
@@ -419,6 +469,8 @@ def bench_command(spec: BenchSpec) -> str:
     parts += ["--output-dir", str(spec.output_dir), "--seeds", str(len(spec.seeds))]
     if spec.windows:
         parts += ["--windows", *map(str, spec.windows)]
+    if spec.methods:
+        parts += ["--methods", *spec.methods]
     if spec.budget_s is not None:
         parts += ["--budget-s", f"{spec.budget_s:g}"]
     if spec.target_accuracy is not None:

@@ -103,6 +103,7 @@ def _bench(args: argparse.Namespace) -> int:
         output_dir=Path(args.output_dir),
         seeds=list(range(args.seeds)),
         windows=args.windows or [],
+        methods=args.methods or [],
         budget_s=args.budget_s,
         target_accuracy=args.target,
     )
@@ -175,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, each method once per seed")
     bench.add_argument("--windows", type=int, nargs="*", help="T-PPO windows l (default L/8 L/4 L/2)")
+    bench.add_argument(
+        "--methods",
+        nargs="*",
+        help="methods beside PPO: tppo@l, grpo, dapo, partial_rollout@l (default: T-PPO at --windows)",
+    )
     bench.add_argument("--budget-s", type=float, help="training wall-clock per run (default: the config's)")
     bench.add_argument(
         "--target", type=float, help="target accuracy (default: the highest every run reached)"
