@@ -159,3 +159,31 @@ def test_tiny_bench_of_the_methods(tmp_path, capsys):
     config = (out / "runs" / "grpo" / "seed0" / "config.yaml").read_text()
     assert "name: grpo" in config and "samples_per_prompt: 4" in config
     assert "--methods grpo partial_rollout@8" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_partial_rollout_with_l_equal_to_L_is_grpo(tmp_path):
+    # with the engine's log-probs as pi_old, proximal == behaviour: the decoupled loss is the clipped one
+    same = [*GROUPS, "algorithm.recompute_old_log_probs=false", "algorithm.ppo_epochs=2"]
+    runs = {}
+    for name in ("grpo", "partial_rollout"):
+        trainer = Trainer(load_config(None, [*same, f"algorithm.name={name}"]), tmp_path / name)
+        rows = [trainer.train_step() for _ in range(2)]
+        runs[name] = (params(trainer.models.policy), rows)
+    grpo, partial = runs["grpo"], runs["partial_rollout"]
+    assert all(torch.equal(grpo[0][n], partial[0][n]) for n in grpo[0])
+    assert [r["actor/loss"] for r in grpo[1]] == [r["actor/loss"] for r in partial[1]]
+    assert all(r["actor/is_weight_mean"] == 1.0 for r in partial[1])
+
+
+@pytest.mark.slow
+def test_a_kl_penalty_loads_a_frozen_reference_and_times_it(tmp_path):
+    trainer = Trainer(load_config(None, [*GROUPS, "algorithm.name=grpo", "algorithm.kl_coef=0.1"]), tmp_path)
+    reference = trainer.models.reference
+    assert reference is not None and not any(p.requires_grad for p in reference.parameters())
+    before = params(reference)
+    rows = [trainer.train_step() for _ in range(2)]
+    assert all("time/reference_s" in r for r in rows)
+    assert rows[0]["actor/kl_ref"] == pytest.approx(0.0, abs=1e-6)  # the first update starts at the reference
+    assert rows[1]["actor/kl_ref"] > 0
+    assert all(torch.equal(before[n], p) for n, p in reference.named_parameters())
