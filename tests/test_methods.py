@@ -187,3 +187,29 @@ def test_a_kl_penalty_loads_a_frozen_reference_and_times_it(tmp_path):
     assert rows[0]["actor/kl_ref"] == pytest.approx(0.0, abs=1e-6)  # the first update starts at the reference
     assert rows[1]["actor/kl_ref"] > 0
     assert all(torch.equal(before[n], p) for n, p in reference.named_parameters())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["grpo", "dapo", "partial_rollout"])
+def test_each_method_config_trains_through_the_cli(tmp_path, name):
+    from pathlib import Path
+
+    from tppo.cli import main
+    from tppo.metrics import read_metrics
+
+    config = Path(__file__).resolve().parents[1] / "configs" / f"demo_{name}.yaml"
+    shipped = load_config(config)
+    check_names(shipped)  # the shipped config as it is, with its method's checks
+    assert shipped.algorithm.name == name and get_method(name).needs_critic is False
+    small = [
+        "rollout.num_slots=8",
+        "rollout.max_response_length=32",
+        "data.train_size=64",
+        "data.eval_size=8",
+    ]
+    window = "rollout.window_length=8" if name == "partial_rollout" else "rollout.window_length=32"
+    argv = ["train", "--config", str(config), "--output-dir", str(tmp_path), *small, window]
+    assert main([*argv, "trainer.total_steps=2", "trainer.eval_every=2", "trainer.progress=false"]) == 0
+    rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("step", -1) >= 0]
+    assert len(rows) == 2 and all(r["tokens/value"] == 0 for r in rows)
+    assert (tmp_path / "final" / "policy").is_dir() and not (tmp_path / "final" / "value").exists()
