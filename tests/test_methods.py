@@ -190,7 +190,7 @@ def test_a_kl_penalty_loads_a_frozen_reference_and_times_it(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["grpo", "dapo", "partial_rollout"])
+@pytest.mark.parametrize("name", ["grpo", "dapo", "partial_rollout", "vapo"])
 def test_each_method_config_trains_through_the_cli(tmp_path, name):
     from pathlib import Path
 
@@ -200,16 +200,54 @@ def test_each_method_config_trains_through_the_cli(tmp_path, name):
     config = Path(__file__).resolve().parents[1] / "configs" / f"demo_{name}.yaml"
     shipped = load_config(config)
     check_names(shipped)  # the shipped config as it is, with its method's checks
-    assert shipped.algorithm.name == name and get_method(name).needs_critic is False
+    critic = get_method(name).needs_critic
+    assert shipped.algorithm.name == name and critic == (name == "vapo")
     small = [
         "rollout.num_slots=8",
         "rollout.max_response_length=32",
         "data.train_size=64",
         "data.eval_size=8",
     ]
-    window = "rollout.window_length=8" if name == "partial_rollout" else "rollout.window_length=32"
+    window = "rollout.window_length=8" if name in ("partial_rollout", "vapo") else "rollout.window_length=32"
     argv = ["train", "--config", str(config), "--output-dir", str(tmp_path), *small, window]
     assert main([*argv, "trainer.total_steps=2", "trainer.eval_every=2", "trainer.progress=false"]) == 0
     rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("step", -1) >= 0]
-    assert len(rows) == 2 and all(r["tokens/value"] == 0 for r in rows)
-    assert (tmp_path / "final" / "policy").is_dir() and not (tmp_path / "final" / "value").exists()
+    assert len(rows) == 2 and (critic or all(r["tokens/value"] == 0 for r in rows))
+    assert (tmp_path / "final" / "policy").is_dir() and (tmp_path / "final" / "value").exists() == critic
+
+
+@pytest.mark.slow
+def test_vapo_pretrains_the_value_then_adds_the_positive_lm_loss(tmp_path):
+    overrides = [
+        *SMALL_RUN,
+        "rollout.window_length=48",
+        "algorithm.name=vapo",
+        "trainer.value_warmup_steps=1",
+    ]
+    trainer = Trainer(load_config(None, overrides), tmp_path)
+    policy, value = params(trainer.models.policy), params(trainer.models.value)
+    first = trainer.train_step()
+    assert first["actor/updates"] == 0 and first["critic/updates"] > 0
+    assert all(torch.equal(policy[n], p) for n, p in trainer.models.policy.named_parameters())
+    assert any(not torch.equal(value[n], p) for n, p in trainer.models.value.named_parameters())
+    rows = [trainer.train_step() for _ in range(3)]
+    trained = [r for r in rows if r["actor/updates"] > 0]
+    assert trained and all("actor/positive_lm_loss" in r for r in trained)
+    positive = [r for r in trained if r["reward/mean"] > 0]
+    assert positive and all(r["actor/positive_lm_loss"] > 0 for r in positive)
+
+
+def test_vapo_lambda_is_length_adaptive_and_ppo_keeps_its_float():
+    from tppo.rollout.batch import collate
+    from tppo.rollout.prompts import Prompt
+    from tppo.rollout.slot_pool import Slot
+
+    slots = [
+        Slot(Prompt(i, i, 0, 0, (1,), "x"), 0, response_ids=[2] * n, log_probs=[0.0] * n, token_steps=[0] * n)
+        for i, n in enumerate((10, 40))
+    ]
+    batch = collate(slots, pad_token_id=0)
+    config = load_config(None, ["algorithm.name=vapo"])
+    lam = get_method("vapo").policy_lambda(batch, config)
+    assert torch.allclose(lam, torch.tensor([1 - 1 / (0.05 * 10), 1 - 1 / (0.05 * 40)]).clamp(0, 1))
+    assert get_method("ppo").policy_lambda(batch, load_config(None, [])) == 0.95

@@ -90,9 +90,9 @@ GROUP_SAMPLES = 4
 
 
 def parse_methods(specs: Sequence[str], max_response_length: int) -> list[Method]:
-    """``--methods``: ``ppo``, ``tppo@l``, a registered method name (``grpo``, ``dapo``: ``l = L``) or
-    ``name@l`` (``partial_rollout@128``; a bare ``partial_rollout`` takes ``l = L / 4``). PPO comes
-    first, added when absent: it is every comparison's baseline."""
+    """``--methods``: ``ppo``, ``tppo@l``, a registered method name (``grpo``, ``dapo``, ``vapo``:
+    ``l = L``) or ``name@l`` (``partial_rollout@128``; a bare ``partial_rollout`` takes ``l = L / 4``).
+    PPO comes first, added when absent: it is every comparison's baseline."""
     from tppo.methods import METHODS
 
     out = [Method("ppo", max_response_length, True)]
@@ -130,7 +130,13 @@ def run_config(spec: BenchSpec, method: Method, seed: int) -> TPPOConfig:
     overrides = [*spec.overrides, f"rollout.window_length={method.window}", f"trainer.seed={seed}"]
     if method.algorithm != "ppo":
         overrides.append(f"algorithm.name={method.algorithm}")
-        if load_config(spec.config, spec.overrides, validate=False).rollout.samples_per_prompt < 2:
+        from tppo.methods import get_method
+
+        grouped = not get_method(method.algorithm).needs_critic
+        if (
+            grouped
+            and load_config(spec.config, spec.overrides, validate=False).rollout.samples_per_prompt < 2
+        ):
             overrides.append(f"rollout.samples_per_prompt={GROUP_SAMPLES}")
     if spec.budget_s is not None:
         overrides.append(f"trainer.max_wall_seconds={spec.budget_s}")

@@ -161,6 +161,7 @@ class Learner:
             sampling=self.sampling,
             surrogate=self.method.surrogate(self.config),
             kl_coef=self.config.algorithm.kl_coef,
+            positive_lm_coef=self.method.positive_lm_coef(self.config),
         )
         weights = "token_weights" if "token_weights" in batch.per_token else None
         return self._update(self.models.policy, self.actor_optim, batch, "policy_mask", loss_fn, weights)

@@ -231,7 +231,8 @@ class Trainer:
 
     def _update_actor(self, batch: RolloutBatch) -> dict[str, float]:
         """The method's policy update on the batch's policy tokens (none during critic warm-up)."""
-        if self.step < self.config.trainer.critic_warmup_steps:
+        t = self.config.trainer
+        if self.step < max(t.critic_warmup_steps, t.value_warmup_steps):
             return {"updates": 0.0}
         return self.learner.update_actor(batch)
 

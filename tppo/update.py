@@ -18,6 +18,7 @@ from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
 from tppo.algorithms import decoupled_policy_loss, kl_k3, policy_loss, value_loss
+from tppo.algorithms.losses import positive_lm_loss
 from tppo.engines.types import SamplingParams
 from tppo.models import response_log_probs, response_values
 from tppo.rollout.batch import RolloutBatch, shard_packs
@@ -237,10 +238,13 @@ def decoupled_surrogate(
     return surrogate
 
 
-def actor_loss_fn(*, sampling: SamplingParams, surrogate: Surrogate, kl_coef: float = 0.0) -> LossFn:
+def actor_loss_fn(
+    *, sampling: SamplingParams, surrogate: Surrogate, kl_coef: float = 0.0, positive_lm_coef: float = 0.0
+) -> LossFn:
     """The method's policy objective ``surrogate`` on ``per_token['policy_mask']``, with log-probs
     under the rollout's sampling distribution ``sampling`` (the engines' log-prob contract); plus
-    ``kl_coef`` times the k3 KL to the reference policy when ``reference_log_probs`` are present."""
+    ``kl_coef`` times the k3 KL to the reference policy when ``reference_log_probs`` are present,
+    and ``positive_lm_coef`` times VAPO's positive-example NLL on ``per_token['positive_mask']``."""
 
     def loss_fn(model: PreTrainedModel, sub: RolloutBatch, token_count: float) -> tuple[torch.Tensor, dict]:
         log_probs, entropy = response_log_probs(model, sub, sampling=sampling)
@@ -253,6 +257,11 @@ def actor_loss_fn(*, sampling: SamplingParams, surrogate: Surrogate, kl_coef: fl
             kl = kl_k3(log_probs, sub.per_token["reference_log_probs"], mask, token_count=token_count)
             loss = loss + kl_coef * kl
             stats["kl_ref"] = float(kl.detach()) * token_count / max(float(mask.sum()), 1.0)
+        if positive_lm_coef > 0 and "positive_mask" in sub.per_token:
+            positive = sub.per_token["positive_mask"]
+            lm = positive_lm_loss(log_probs, positive.any(dim=1).float(), positive, token_count=token_count)
+            loss = loss + positive_lm_coef * lm
+            stats["positive_lm_loss"] = float(lm.detach()) * token_count / max(float(mask.sum()), 1.0)
         with torch.no_grad():
             stats["entropy"] = float(torch.where(mask, entropy, 0.0).sum() / mask.sum().clamp(min=1))
         return loss, stats

@@ -79,6 +79,10 @@ class Method(Protocol):
         """The policy objective (see :mod:`tppo.update`)."""
         ...
 
+    def positive_lm_coef(self, config: TPPOConfig) -> float:
+        """The weight of the positive-example LM loss on ``per_token['positive_mask']`` (0: none)."""
+        ...
+
 
 METHODS: Registry[Method] = Registry("method")
 """``algorithm.name`` -> :class:`Method`."""

@@ -142,6 +142,9 @@ class GroupMethod:
             f"algorithm.name={self.name} (no value model) runs with the in-process learner only; set it to 0",
         )
 
+    def positive_lm_coef(self, config: TPPOConfig) -> float:
+        return config.algorithm.positive_lm_coef or 0.0
+
     def cache_length(self, config: TPPOConfig) -> int | None:
         a, r = config.algorithm, config.rollout
         if a.overlong_cache_length is not None:
@@ -167,6 +170,8 @@ class GroupMethod:
         per_token_adv = torch.where(mask, advantages.to(mask.device)[:, None], 0.0).float()
         per_token["raw_advantages"] = per_token["advantages"] = per_token_adv
         per_token["policy_mask"] = mask.clone()
+        if self.positive_lm_coef(config) > 0:
+            per_token["positive_mask"] = mask & (train.scores.to(mask.device) == 1)[:, None]
         if a.loss_aggregation == "seq_mean_token_mean":
             per_token["token_weights"] = sequence_token_weights(mask)
 

@@ -1,9 +1,14 @@
 """PPO and T-PPO (``algorithm.name: ppo``): a critic, EGAE over the partial responses, the clipped
-objective on the tokens generated this step (paper Algorithm 1). PPO is ``l = L``."""
+objective on the tokens generated this step (paper Algorithm 1). PPO is ``l = L``.
+
+``vapo`` is the same method with VAPO's knobs on by default (Yue et al. 2025): length-adaptive
+lambda for the policy's advantages (alpha 0.05) and the positive-example LM loss (0.1); VAPO's
+value pretraining is ``trainer.value_warmup_steps`` (``configs/demo_vapo.yaml``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,6 +20,7 @@ from tppo.algorithms import (
     outcome_rewards,
     select_tokens,
 )
+from tppo.algorithms.advantages import length_adaptive_lambda
 from tppo.methods.base import METHODS, TrainSet
 from tppo.update import Surrogate, clipped_surrogate
 
@@ -39,11 +45,32 @@ class StepSelector:
         """Nothing to restore."""
 
 
+@dataclass(frozen=True)
 class PPOMethod:
-    """PPO / T-PPO with a value model (DESIGN.md section 5, first two rows)."""
+    """PPO / T-PPO with a value model (DESIGN.md section 5, first two rows, and VAPO's knobs).
 
-    name = "ppo"
-    needs_critic = True
+    Attributes:
+        name: its ``algorithm.name``.
+        default_alpha: ``algorithm.length_adaptive_alpha`` when the config leaves it unset.
+        default_lm_coef: ``algorithm.positive_lm_coef`` when the config leaves it unset.
+    """
+
+    name: str = "ppo"
+    default_alpha: float | None = None
+    default_lm_coef: float = 0.0
+    needs_critic: bool = True
+
+    def positive_lm_coef(self, config: TPPOConfig) -> float:
+        coef = config.algorithm.positive_lm_coef
+        return self.default_lm_coef if coef is None else coef
+
+    def policy_lambda(self, batch: RolloutBatch, config: TPPOConfig) -> float | torch.Tensor:
+        """``gae_lambda``, or VAPO's length-adaptive lambda per response (lengths so far)."""
+        a = config.algorithm
+        alpha = a.length_adaptive_alpha if a.length_adaptive_alpha is not None else self.default_alpha
+        if alpha is None:
+            return a.gae_lambda
+        return length_adaptive_lambda(batch.response_mask.sum(dim=1), alpha=alpha)
 
     def check(self, config: TPPOConfig) -> None:
         """Every combination the config itself accepts."""
@@ -64,7 +91,7 @@ class PPOMethod:
             batch.response_mask,
             batch.is_finished,
             gamma=a.gamma,
-            gae_lambda=a.gae_lambda,
+            gae_lambda=self.policy_lambda(batch, config),
         )
         masks = select_tokens(
             batch.token_steps,
@@ -81,6 +108,9 @@ class PPOMethod:
         per_token["advantages"] = advantages
         per_token["returns"] = monte_carlo_returns(rewards, batch.response_mask, gamma=a.gamma)
         per_token["policy_mask"], per_token["value_mask"] = masks.policy_mask, masks.value_mask
+        if self.positive_lm_coef(config) > 0:
+            positive = batch.is_finished & (train.scores.to(batch.is_finished.device) == 1)
+            per_token["positive_mask"] = masks.policy_mask & positive[:, None]
         record_bootstraps(train.slots, batch)
 
     def surrogate(self, config: TPPOConfig) -> Surrogate:
@@ -102,3 +132,4 @@ def record_bootstraps(slots: Sequence[Slot], batch: RolloutBatch) -> None:
 
 
 METHODS.add("ppo", PPOMethod())
+METHODS.add("vapo", PPOMethod("vapo", default_alpha=0.05, default_lm_coef=0.1))
