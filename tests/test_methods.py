@@ -22,7 +22,7 @@ def params(model):
 
 
 def test_the_registry_holds_every_method_and_names_the_known_ones():
-    assert {"ppo", "grpo", "dapo", "partial_rollout"} <= set(METHODS)
+    assert {"ppo", "grpo", "dapo", "partial_rollout", "vapo", "ppo_ewma"} <= set(METHODS)
     assert get_method("ppo").needs_critic and not get_method("grpo").needs_critic
     with pytest.raises(KeyError, match="grpo"):
         get_method("grpoo")
@@ -190,7 +190,7 @@ def test_a_kl_penalty_loads_a_frozen_reference_and_times_it(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["grpo", "dapo", "partial_rollout", "vapo"])
+@pytest.mark.parametrize("name", ["grpo", "dapo", "partial_rollout", "vapo", "ppo_ewma"])
 def test_each_method_config_trains_through_the_cli(tmp_path, name):
     from pathlib import Path
 
@@ -201,14 +201,14 @@ def test_each_method_config_trains_through_the_cli(tmp_path, name):
     shipped = load_config(config)
     check_names(shipped)  # the shipped config as it is, with its method's checks
     critic = get_method(name).needs_critic
-    assert shipped.algorithm.name == name and critic == (name == "vapo")
+    assert shipped.algorithm.name == name and critic == (name in ("vapo", "ppo_ewma"))
     small = [
         "rollout.num_slots=8",
         "rollout.max_response_length=32",
         "data.train_size=64",
         "data.eval_size=8",
     ]
-    window = "rollout.window_length=8" if name in ("partial_rollout", "vapo") else "rollout.window_length=32"
+    window = "rollout.window_length=8" if name in ("partial_rollout", "vapo", "ppo_ewma") else "rollout.window_length=32"
     argv = ["train", "--config", str(config), "--output-dir", str(tmp_path), *small, window]
     assert main([*argv, "trainer.total_steps=2", "trainer.eval_every=2", "trainer.progress=false"]) == 0
     rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("step", -1) >= 0]
@@ -251,3 +251,59 @@ def test_vapo_lambda_is_length_adaptive_and_ppo_keeps_its_float():
     lam = get_method("vapo").policy_lambda(batch, config)
     assert torch.allclose(lam, torch.tensor([1 - 1 / (0.05 * 10), 1 - 1 / (0.05 * 40)]).clamp(0, 1))
     assert get_method("ppo").policy_lambda(batch, load_config(None, [])) == 0.95
+
+
+EWMA = [*SMALL_RUN, "algorithm.ppo_epochs=2", "algorithm.num_minibatches=2"]
+
+
+@pytest.mark.slow
+def test_ppo_ewma_with_decay_0_is_ppo(tmp_path):
+    runs = {}
+    for name in ("ppo", "ppo_ewma"):
+        trainer = Trainer(
+            load_config(None, [*EWMA, f"algorithm.name={name}", "algorithm.ewma_decay=0"]), tmp_path / name
+        )
+        rows = [trainer.train_step() for _ in range(3)]
+        runs[name] = (params(trainer.models.policy), rows)
+    ppo, ewma = runs["ppo"], runs["ppo_ewma"]
+    assert all(torch.equal(ppo[0][n], ewma[0][n]) for n in ppo[0])
+    assert [r["actor/loss"] for r in ppo[1]] == [r["actor/loss"] for r in ewma[1]]
+    assert all("time/proximal_s" in r and r["actor/is_weight_mean"] == 1.0 for r in ewma[1])
+
+
+@pytest.mark.slow
+def test_ppo_ewma_averages_after_every_optimizer_step_and_resumes_with_it(tmp_path):
+    from tppo.algorithms.proximal import ewma_update
+
+    trainer = Trainer(
+        load_config(None, [*EWMA, "algorithm.name=ppo_ewma", "algorithm.ewma_decay=0.5"]), tmp_path / "a"
+    )
+    proximal = trainer.learner.proximal
+    assert proximal is not None and proximal is not trainer.models.policy
+    expected = params(proximal)
+    snapshots = []
+    real = trainer.learner.actor_optim.step
+
+    def step(*args, **kwargs):  # the policy after each optimizer step, to average by hand
+        out = real(*args, **kwargs)
+        snapshots.append(params(trainer.models.policy))
+        return out
+
+    trainer.learner.actor_optim.step = step
+    trainer.train_step()
+    assert len(snapshots) == 4  # 2 epochs x 2 minibatches
+    for snapshot in snapshots:
+        ewma_update(list(expected.values()), list(snapshot.values()), decay=0.5)
+    assert all(torch.allclose(expected[n], p, atol=0, rtol=0) for n, p in proximal.named_parameters())
+    # the EWMA weights are part of the checkpoint
+    from tppo.metrics import MetricsLogger
+
+    path = trainer.save_checkpoint(MetricsLogger(tmp_path / "a", tensorboard=False))
+    other = Trainer(
+        load_config(None, [*EWMA, "algorithm.name=ppo_ewma", "algorithm.ewma_decay=0.5"]), tmp_path / "b"
+    )
+    other.resume(path)
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(proximal.parameters(), other.learner.proximal.parameters(), strict=True)
+    )

@@ -9,6 +9,7 @@ piece of every minibatch it trains on; the code that runs is the same.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Literal, Protocol
@@ -17,6 +18,7 @@ import torch
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
+from tppo.algorithms.proximal import ewma_update
 from tppo.config import TPPOConfig
 from tppo.engines.types import SamplingParams
 from tppo.methods import get_method
@@ -63,6 +65,10 @@ class Learner:
         self.config, self.models, self.shard = config, models, shard or Shard()
         self.device = next(models.policy.parameters()).device
         self.method = get_method(config.algorithm.name)
+        self.proximal: PreTrainedModel | None = None
+        """PPO-EWMA's proximal policy: an EWMA of the policy's weights (``algorithm.ewma_decay``)."""
+        if self.method.needs_proximal:
+            self.proximal = copy.deepcopy(models.policy).eval().requires_grad_(False)
         self.actor_optim = build_optimizer(models.policy, config.optim.actor_lr, config)
         self.critic_optim = (
             None if models.value is None else build_optimizer(models.value, config.optim.critic_lr, config)
@@ -118,12 +124,22 @@ class Learner:
             out["old_log_probs"] = self._forward_pieces(log_probs, self.models.policy, batch, packs, padding)
         return {key: value.to(home) for key, value in out.items()}
 
-    @torch.no_grad()
     def reference_forward(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
         """``reference_log_probs``: the frozen reference policy's log-probs of the response tokens
         (under the rollout's sampling distribution), for ``algorithm.kl_coef``; ``{}`` without one."""
         if self.models.reference is None:
             return {}
+        return {"reference_log_probs": self._log_probs_of(self.models.reference, batch)}
+
+    def proximal_forward(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
+        """``proximal_log_probs``: the EWMA policy's (``ppo_ewma``); ``{}`` without one."""
+        if self.proximal is None:
+            return {}
+        return {"proximal_log_probs": self._log_probs_of(self.proximal, batch)}
+
+    @torch.no_grad()
+    def _log_probs_of(self, model: PreTrainedModel, batch: RolloutBatch) -> torch.Tensor:
+        """Response log-probs of ``model`` (in-process), packed as old_forward packs them."""
         home, batch = batch.input_ids.device, batch.to(self.device)
         rows = torch.arange(len(batch.is_finished), device=self.device)
         packs, padding = shard_packs(
@@ -131,11 +147,10 @@ class Learner:
         )
         sampling = self.sampling
 
-        def log_probs(model: PreTrainedModel, sub: RolloutBatch) -> torch.Tensor:
-            return response_log_probs(model, sub, sampling=sampling)[0]
+        def log_probs(m: PreTrainedModel, sub: RolloutBatch) -> torch.Tensor:
+            return response_log_probs(m, sub, sampling=sampling)[0]
 
-        ref = self._forward_pieces(log_probs, self.models.reference, batch, packs, padding)
-        return {"reference_log_probs": ref.to(home)}
+        return self._forward_pieces(log_probs, model, batch, packs, padding).to(home)
 
     def _forward_pieces(
         self,
@@ -164,7 +179,9 @@ class Learner:
             positive_lm_coef=self.method.positive_lm_coef(self.config),
         )
         weights = "token_weights" if "token_weights" in batch.per_token else None
-        return self._update(self.models.policy, self.actor_optim, batch, "policy_mask", loss_fn, weights)
+        proximal, policy, decay = self.proximal, self.models.policy, self.config.algorithm.ewma_decay
+        on_step = None if proximal is None else lambda: ewma_update(proximal, policy, decay=decay)
+        return self._update(policy, self.actor_optim, batch, "policy_mask", loss_fn, weights, on_step)
 
     def update_critic(self, batch: RolloutBatch) -> dict[str, float]:
         """Monte-Carlo value regression on the ``value_mask`` tokens (none: no update; no value
@@ -183,6 +200,7 @@ class Learner:
         mask_key: str,
         loss_fn: LossFn,
         weight_key: str | None = None,
+        on_step: Callable[[], None] | None = None,
     ) -> dict[str, float]:
         a = self.config.algorithm
         schedule = UpdateSchedule(
@@ -198,6 +216,7 @@ class Learner:
             generator=self.update_generator,
             shard=self.shard,
             weight_key=weight_key,
+            on_step=on_step,
         )
 
     def policy_weights(self) -> Iterable[tuple[str, torch.Tensor]]:
@@ -217,11 +236,15 @@ class Learner:
         return {name: g.cpu() for name, g in full_tensors(grads)}
 
     def save(self, directory: Path) -> None:
-        """Policy (with tokenizer) and value model in Hugging Face format (safetensors)."""
+        """Policy (with tokenizer), value model and EWMA policy (when there are) in Hugging Face format."""
         directory = Path(directory)
         if self.shard.rank == 0:
             directory.mkdir(parents=True, exist_ok=True)
-        for name, model in (("policy", self.models.policy), ("value", self.models.value)):
+        for name, model in (
+            ("policy", self.models.policy),
+            ("value", self.models.value),
+            ("proximal", self.proximal),
+        ):
             if model is not None:
                 save_model(model, directory / name, is_writer=self.shard.rank == 0)
         if self.shard.rank == 0:

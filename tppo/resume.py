@@ -132,6 +132,8 @@ def load_checkpoint(checkpoint: Path, learner: LearnerRole, config: TPPOConfig) 
         return {**state, ENGINE_RNG: rng["engine"]}
     load_model_weights(learner.models.policy, checkpoint / "policy")
     learner.actor_optim.load_state_dict(optimizers["actor"])
+    if learner.proximal is not None:
+        load_model_weights(learner.proximal, checkpoint / "proximal")
     if learner.models.value is not None and learner.critic_optim is not None:
         load_model_weights(learner.models.value, checkpoint / "value")
         learner.critic_optim.load_state_dict(optimizers["critic"])

@@ -144,6 +144,9 @@ class Trainer:
         if batch is not None:
             with self._phase(timer, "old_forward"):
                 batch.per_token.update(self.learner.old_forward(batch))
+            if self.method.needs_proximal:
+                with self._phase(timer, "proximal"):
+                    batch.per_token.update(self.learner.proximal_forward(batch))  # type: ignore[attr-defined]
             if self.config.algorithm.kl_coef > 0:
                 with self._phase(timer, "reference"):
                     batch.per_token.update(self.learner.reference_forward(batch))  # type: ignore[attr-defined]

@@ -67,6 +67,7 @@ def run_update(
     generator: torch.Generator,
     shard: Shard = Shard(),
     weight_key: str | None = None,
+    on_step: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` on the rows of ``batch`` that have tokens in ``batch.per_token[mask_key]``.
 
@@ -74,6 +75,7 @@ def run_update(
     steps attempted) and ``skipped_updates`` (of those, skipped: a non-finite loss or gradient); the
     same on every rank: statistics are summed over ranks. ``weight_key``: a ``per_token`` tensor of
     token weights; the minibatch's denominator is then the weights' sum over its masked tokens.
+    ``on_step``: called after every optimizer step taken (PPO-EWMA's average).
     """
     mask = batch.per_token[mask_key]
     rows = torch.nonzero(mask.any(dim=1)).flatten()
@@ -87,6 +89,8 @@ def run_update(
             stats = _minibatch_step(
                 model, optimizer, batch, minibatch, (mask_key, weight_key), loss_fn, schedule, shard
             )
+            if on_step is not None and not stats["skipped_nonfinite"]:
+                on_step()
             for key, value in stats.items():
                 totals[key].append(value)
     out = {key: sum(values) / len(values) for key, values in totals.items()}
@@ -191,7 +195,7 @@ def weighted_advantages(sub: RolloutBatch) -> torch.Tensor:
     return advantages if weights is None else advantages * weights
 
 
-def proximal_log_probs(sub: RolloutBatch, log_probs: torch.Tensor) -> torch.Tensor:
+def old_log_probs_of(sub: RolloutBatch, log_probs: torch.Tensor) -> torch.Tensor:
     """``old_log_probs``; absent only when old_forward skipped the recompute (one epoch, one
     minibatch): this forward pass then runs on exactly the weights ``pi_old``."""
     return sub.per_token.get("old_log_probs", log_probs.detach())
@@ -203,7 +207,7 @@ def clipped_surrogate(*, clip_eps_low: float, clip_eps_high: float, dual_clip: f
     def surrogate(log_probs: torch.Tensor, sub: RolloutBatch, token_count: float) -> Any:
         return policy_loss(
             log_probs,
-            proximal_log_probs(sub, log_probs),
+            old_log_probs_of(sub, log_probs),
             weighted_advantages(sub),
             sub.per_token["policy_mask"],
             clip_eps_low=clip_eps_low,
@@ -224,13 +228,34 @@ def decoupled_surrogate(
     def surrogate(log_probs: torch.Tensor, sub: RolloutBatch, token_count: float) -> Any:
         return decoupled_policy_loss(
             log_probs,
-            proximal_log_probs(sub, log_probs),
+            old_log_probs_of(sub, log_probs),
             sub.engine_log_probs,
             weighted_advantages(sub),
             sub.per_token["policy_mask"],
             clip_eps_low=clip_eps_low,
             clip_eps_high=clip_eps_high,
             is_cap=is_cap,
+            dual_clip=dual_clip,
+            token_count=token_count,
+        )
+
+    return surrogate
+
+
+def ewma_surrogate(*, clip_eps_low: float, clip_eps_high: float, dual_clip: float | None) -> Surrogate:
+    """PPO-EWMA's objective: :func:`~tppo.algorithms.decoupled_policy_loss` with the EWMA policy's
+    log-probs (``per_token['proximal_log_probs']``, computed once at the step's start) as proximal
+    and ``pi_old``, the policy that generated the tokens (synchronous generation), as behaviour."""
+
+    def surrogate(log_probs: torch.Tensor, sub: RolloutBatch, token_count: float) -> Any:
+        return decoupled_policy_loss(
+            log_probs,
+            sub.per_token["proximal_log_probs"],
+            old_log_probs_of(sub, log_probs),
+            weighted_advantages(sub),
+            sub.per_token["policy_mask"],
+            clip_eps_low=clip_eps_low,
+            clip_eps_high=clip_eps_high,
             dual_clip=dual_clip,
             token_count=token_count,
         )

@@ -64,6 +64,11 @@ class Method(Protocol):
         optimizer, no critic phase, no ``critic/*`` metrics)."""
         ...
 
+    @property
+    def needs_proximal(self) -> bool:
+        """Whether the learner keeps an EWMA copy of the policy (``proximal_log_probs``)."""
+        ...
+
     def check(self, config: TPPOConfig) -> None:
         """Refuse (:class:`~tppo.config.ConfigError`, naming the key) a config this method cannot run."""
         ...

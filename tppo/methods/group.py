@@ -119,6 +119,7 @@ class GroupMethod:
     overlong_by_default: bool = False
     decoupled: bool = False
     needs_critic: bool = False
+    needs_proximal: bool = False
 
     def check(self, config: TPPOConfig) -> None:
         r, d = config.rollout, config.distributed

@@ -3,7 +3,13 @@ objective on the tokens generated this step (paper Algorithm 1). PPO is ``l = L`
 
 ``vapo`` is the same method with VAPO's knobs on by default (Yue et al. 2025): length-adaptive
 lambda for the policy's advantages (alpha 0.05) and the positive-example LM loss (0.1); VAPO's
-value pretraining is ``trainer.value_warmup_steps`` (``configs/demo_vapo.yaml``)."""
+value pretraining is ``trainer.value_warmup_steps`` (``configs/demo_vapo.yaml``).
+
+``ppo_ewma`` (Hilton, Cobbe, Schulman 2022) keeps an exponentially weighted moving average of the
+policy's weights (``algorithm.ewma_decay``, updated after every optimizer step) as the proximal
+policy of :func:`~tppo.algorithms.decoupled_policy_loss`; the behaviour policy is ``pi_old`` (the
+generation is synchronous). Its log-probs come from one extra forward pass per step, in its own
+phase (``time/proximal_s``), at the step's start. With ``ewma_decay = 0`` it is PPO."""
 
 from __future__ import annotations
 
@@ -21,8 +27,9 @@ from tppo.algorithms import (
     select_tokens,
 )
 from tppo.algorithms.advantages import length_adaptive_lambda
+from tppo.config_loader import require
 from tppo.methods.base import METHODS, TrainSet
-from tppo.update import Surrogate, clipped_surrogate
+from tppo.update import Surrogate, clipped_surrogate, ewma_surrogate
 
 if TYPE_CHECKING:
     from tppo.config import TPPOConfig
@@ -59,6 +66,8 @@ class PPOMethod:
     default_alpha: float | None = None
     default_lm_coef: float = 0.0
     needs_critic: bool = True
+    needs_proximal: bool = False
+    """``ppo_ewma``: an EWMA copy of the policy is the proximal policy of the decoupled objective."""
 
     def positive_lm_coef(self, config: TPPOConfig) -> float:
         coef = config.algorithm.positive_lm_coef
@@ -73,7 +82,12 @@ class PPOMethod:
         return length_adaptive_lambda(batch.response_mask.sum(dim=1), alpha=alpha)
 
     def check(self, config: TPPOConfig) -> None:
-        """Every combination the config itself accepts."""
+        """Every combination the config itself accepts (PPO-EWMA: the in-process learner only)."""
+        require(
+            not self.needs_proximal or config.distributed.train_workers == 0,
+            "distributed.train_workers",
+            f"algorithm.name={self.name} keeps its EWMA policy in process: set it to 0",
+        )
 
     def selector(self, config: TPPOConfig) -> StepSelector:
         return StepSelector()
@@ -115,9 +129,8 @@ class PPOMethod:
 
     def surrogate(self, config: TPPOConfig) -> Surrogate:
         a = config.algorithm
-        return clipped_surrogate(
-            clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high, dual_clip=a.dual_clip
-        )
+        make = ewma_surrogate if self.needs_proximal else clipped_surrogate
+        return make(clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high, dual_clip=a.dual_clip)
 
 
 def record_bootstraps(slots: Sequence[Slot], batch: RolloutBatch) -> None:
@@ -132,4 +145,5 @@ def record_bootstraps(slots: Sequence[Slot], batch: RolloutBatch) -> None:
 
 
 METHODS.add("ppo", PPOMethod())
+METHODS.add("ppo_ewma", PPOMethod("ppo_ewma", needs_proximal=True))
 METHODS.add("vapo", PPOMethod("vapo", default_alpha=0.05, default_lm_coef=0.1))
