@@ -8,12 +8,14 @@ import pytest
 
 from tppo.bench import (
     BenchSpec,
+    analyze,
     expected_batch_max,
     ideal_generation_speedup,
     mean_and_spread,
     methods,
     run_bench,
     time_to_target,
+    write_report,
 )
 from tppo.cli import main
 from tppo.metrics import read_metrics
@@ -82,6 +84,88 @@ def test_methods_default_windows_and_bad_windows() -> None:
         methods(512, [512])
 
 
+def _write_run(report_dir, method: str, seed: int, step_s: float, accuracies: list[float]) -> None:
+    """A run's metrics.jsonl and config.yaml as the trainer writes them: the base model's evaluation
+    at 0 s, then one step of ``step_s`` training seconds per accuracy, each evaluated."""
+    run_dir = report_dir / "runs" / method / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    rows = [{"step": -1, "time/train_elapsed_s": 0.0, "eval/accuracy": 0.2}]
+    for step, accuracy in enumerate(accuracies):
+        rows.append(
+            {
+                "step": step,
+                "time/step_s": step_s,
+                "time/generate_s": step_s / 2,
+                "time/train_elapsed_s": (step + 1) * step_s,
+                "rollout/generated_tokens": 100,
+                "rollout/decode_steps": 20,
+                "rollout/finished": 4,
+                "response_length/values": [10, 20, 30, 5],
+                "eval/accuracy": accuracy,
+            }
+        )
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (run_dir / "config.yaml").write_text("rollout:\n  num_slots: 8\n")
+
+
+def test_analysis_of_synthetic_runs_compares_every_method_to_ppo(tmp_path) -> None:
+    # PPO: 10 s steps; T-PPO: 5 s steps reaching higher accuracies sooner
+    _write_run(tmp_path, "ppo", 0, 10.0, [0.3, 0.4, 0.5, 0.6])
+    _write_run(tmp_path, "ppo", 1, 10.0, [0.3, 0.45, 0.5, 0.55])
+    _write_run(tmp_path, "tppo_l8", 0, 5.0, [0.35, 0.5, 0.6, 0.7])
+    _write_run(tmp_path, "tppo_l8", 1, 5.0, [0.3, 0.5, 0.55, 0.65])
+    chosen = methods(32, [8])
+    summary = analyze(tmp_path, chosen, [0, 1])
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    # today's keys stay
+    for key in ("seeds", "target_accuracy", "target_rule", "max_response_length", "methods"):
+        assert key in summary, key
+    for key in ("speedup_to_target", "s_gen", "s_gen_fraction", "measured_generation_speedup"):
+        assert set(summary[key]) == {"tppo_l8"}, key
+    assert summary["seeds"] == [0, 1] and set(summary["methods"]) == {"ppo", "tppo_l8"}
+    # compared at the latest final evaluation (PPO's, 40 s): T-PPO is held at its last accuracy
+    assert summary["budget_s"] == 40.0
+    tppo = summary["methods"]["tppo_l8"]
+    assert tppo["accuracy_at_budget"]["mean"] == pytest.approx(0.675)
+    assert tppo["runs"]["0"]["accuracy_at_budget"] == 0.7
+    # seed 0 AUC over 40 s: 5 * (0.2 + 0.35) / 2 + 5 * 0.425 + 5 * 0.55 + 5 * 0.65 + 20 * 0.7 = 23.5
+    assert tppo["runs"]["0"]["auc"] == pytest.approx(23.5 / 40)
+    assert summary["methods"]["ppo"]["auc"]["n"] == 2
+    vs = summary["vs_ppo"]
+    assert set(vs) == {"tppo_l8"}
+    entry = vs["tppo_l8"]
+    assert entry["seeds"] == [0, 1]
+    # + 0.1 at 40 s on both seeds
+    assert entry["accuracy_diff_at_budget"]["mean"] == pytest.approx(0.1)
+    assert entry["accuracy_diff_at_budget"]["ci95"] == pytest.approx([0.1, 0.1])
+    # target 0.55 (every PPO seed reaches it): PPO at 40 s, T-PPO at 15 s on both seeds
+    assert entry["target"] == 0.55
+    assert entry["speedup_to_target"]["mean"] == pytest.approx(40 / 15)
+    assert entry["speedup_to_target"]["ci95"] == pytest.approx([40 / 15, 40 / 15])
+    assert entry["significant"] is True and entry["reached_target"] == 2
+
+    spec = BenchSpec(config=None, output_dir=tmp_path, seeds=[0, 1], windows=[8])
+    report = write_report(spec, summary).read_text()
+    assert "## Against PPO, paired by seed (95% bootstrap intervals)" in report
+    assert "| T-PPO (l = 8) | 2 | +0.100 [+0.100, +0.100] | 2.67 [2.67, 2.67] | 2/2 " in report
+    row = next(line for line in report.splitlines() if line.startswith("| T-PPO (l = 8) | 2 |"))
+    assert row.endswith("| significant |")
+
+
+def test_analysis_says_not_significant_when_the_seeds_disagree(tmp_path) -> None:
+    _write_run(tmp_path, "ppo", 0, 10.0, [0.3, 0.5])
+    _write_run(tmp_path, "ppo", 1, 10.0, [0.3, 0.5])
+    _write_run(tmp_path, "tppo_l8", 0, 10.0, [0.4, 0.6])  # better on seed 0
+    _write_run(tmp_path, "tppo_l8", 1, 10.0, [0.3, 0.4])  # worse on seed 1, never at 0.5
+    summary = analyze(tmp_path, methods(32, [8]), [0, 1])
+    entry = summary["vs_ppo"]["tppo_l8"]
+    assert entry["accuracy_diff_at_budget"]["ci95"] == pytest.approx([-0.1, 0.1])
+    assert entry["reached_target"] == 1 and entry["speedup_to_target"]["ci95"][0] == 0.0
+    assert entry["significant"] is False
+    report = write_report(BenchSpec(config=None, output_dir=tmp_path), summary).read_text()
+    assert "| not significant |" in report
+
+
 @pytest.mark.slow
 def test_tiny_bench_writes_every_file_and_resumes(tmp_path, capsys):
     out = tmp_path / "bench"
@@ -98,6 +182,12 @@ def test_tiny_bench_writes_every_file_and_resumes(tmp_path, capsys):
     assert all(value > 0 for value in summary["s_gen"].values())
     # the default target is reached by every run, so every seed has a speed-up
     assert all(s["n"] == 2 for s in summary["speedup_to_target"].values())
+    assert set(summary["vs_ppo"]) == {"tppo_l8", "tppo_l16"} and summary["budget_s"] > 0
+    for entry in summary["vs_ppo"].values():
+        assert entry["seeds"] == [0, 1] and isinstance(entry["significant"], bool)
+        for key in ("accuracy_diff_at_budget", "speedup_to_target", "auc"):
+            low, high = entry[key]["ci95"]  # two seeds: the mean lies within [min, max] of the pairs
+            assert low <= entry[key]["mean"] <= high, key
     ppo = summary["methods"]["ppo"]
     assert ppo["reached_target"] == 2 and len(ppo["runs"]) == 2
     run = ppo["runs"]["0"]
@@ -121,6 +211,7 @@ def test_tiny_bench_writes_every_file_and_resumes(tmp_path, capsys):
         and "--windows 8 16" in report
         and "S_gen" in report
         and "![accuracy](accuracy.png)" in report
+        and "## Against PPO, paired by seed" in report
     )
 
     # a second call keeps finished runs and only re-analyzes (here with an unreachable target)

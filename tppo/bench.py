@@ -3,8 +3,12 @@
 One invocation trains PPO (``l = L``) and T-PPO at several windows, each for the same wall-clock
 budget, over several seeds, then writes a report directory::
 
-    report.md        the table, the ideal vs measured generation speed-up, the diagnostics
-    summary.json     machine-readable: speed-up to target per window (mean and spread), S_gen, ...
+    report.md        the tables: methods, against PPO with 95% CIs and significance, the ideal vs
+                     measured generation speed-up, the diagnostics
+    summary.json     machine-readable: ``seeds``, ``methods`` (name -> figures, mean and spread over
+                     seeds), ``vs_ppo`` (name -> paired differences and speed-up with bootstrap CIs and
+                     ``significant``, :func:`tppo.bench_stats.compare_to_baseline`), speed-up to target
+                     per window (mean and spread), S_gen, ...
     accuracy.png     held-out accuracy and reward vs wall-clock and vs step (paper Fig. 1)
     phases.png       per-step time by phase (paper Fig. 4)
     lengths.png      finished response length over training (paper Fig. 6)
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tppo.bench_report import vs_baseline, vs_ppo_lines
 from tppo.config import ConfigError, TPPOConfig, load_config
 from tppo.config_checks import check_names
 from tppo.metrics import PHASES, read_metrics
@@ -276,6 +281,8 @@ def _lengths(rows: Sequence[dict[str, Any]]) -> list[int]:
 METHOD_FIGURES = (
     "time_to_target_s",
     "final_accuracy",
+    "accuracy_at_budget",
+    "auc",
     "peak_accuracy",
     "generated_tokens_per_s",
     "slot_utilization",
@@ -302,6 +309,10 @@ def analyze(
         raise ValueError("the runs logged no eval/accuracy; set trainer.eval_every > 0 or give a target")
     target = target_accuracy if target_accuracy is not None else min(peaks)
     runs = {key: run_summary(value, slots[key], target) for key, value in rows.items()}
+    names = [method.name for method in chosen]
+    comparison, figures = vs_baseline(rows, names, baseline=chosen[0].name, target=target_accuracy)
+    for key, extra in figures.items():
+        runs[key].update(extra)  # accuracy_at_budget and auc, at the comparison's budget_s
 
     ppo = chosen[0]
     ppo_lengths = [length for seed in seeds for length in _lengths(rows.get((ppo.name, seed), []))]
@@ -316,6 +327,7 @@ def analyze(
         "s_gen": {},
         "s_gen_fraction": {},
         "measured_generation_speedup": {},
+        **comparison,
     }
     for method in chosen:
         per_seed = {seed: runs[method.name, seed] for seed in seeds if (method.name, seed) in runs}
@@ -427,6 +439,7 @@ def write_report(spec: BenchSpec, summary: dict[str, Any]) -> Path:
             + " | ".join(f"{100 * share:.0f}%" for share in method["phase_share"].values())
             + " |"
         )
+    lines += ["", *vs_ppo_lines(summary)]
     lines += [
         "",
         "## Generation speed-up: ideal and measured",
