@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -190,7 +191,7 @@ def test_a_kl_penalty_loads_a_frozen_reference_and_times_it(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["grpo", "dapo", "partial_rollout", "vapo", "ppo_ewma"])
+@pytest.mark.parametrize("name", ["grpo", "dapo", "partial_rollout", "vapo", "ppo_ewma", "geppo"])
 def test_each_method_config_trains_through_the_cli(tmp_path, name):
     from pathlib import Path
 
@@ -201,14 +202,18 @@ def test_each_method_config_trains_through_the_cli(tmp_path, name):
     shipped = load_config(config)
     check_names(shipped)  # the shipped config as it is, with its method's checks
     critic = get_method(name).needs_critic
-    assert shipped.algorithm.name == name and critic == (name in ("vapo", "ppo_ewma"))
+    assert shipped.algorithm.name == name and critic == (name in ("vapo", "ppo_ewma", "geppo"))
     small = [
         "rollout.num_slots=8",
         "rollout.max_response_length=32",
         "data.train_size=64",
         "data.eval_size=8",
     ]
-    window = "rollout.window_length=8" if name in ("partial_rollout", "vapo", "ppo_ewma") else "rollout.window_length=32"
+    window = (
+        "rollout.window_length=8"
+        if name in ("partial_rollout", "vapo", "ppo_ewma")
+        else "rollout.window_length=32"
+    )
     argv = ["train", "--config", str(config), "--output-dir", str(tmp_path), *small, window]
     assert main([*argv, "trainer.total_steps=2", "trainer.eval_every=2", "trainer.progress=false"]) == 0
     rows = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("step", -1) >= 0]
@@ -307,3 +312,35 @@ def test_ppo_ewma_averages_after_every_optimizer_step_and_resumes_with_it(tmp_pa
         torch.equal(p, q)
         for p, q in zip(proximal.parameters(), other.learner.proximal.parameters(), strict=True)
     )
+
+
+@pytest.mark.slow
+def test_geppo_with_one_step_is_ppo_with_a_symmetric_clip(tmp_path):
+    same = [*EWMA, "algorithm.clip_eps_high=0.2", "algorithm.geppo_reuse_steps=1"]
+    runs = {}
+    for name in ("ppo", "geppo"):
+        trainer = Trainer(load_config(None, [*same, f"algorithm.name={name}"]), tmp_path / name)
+        rows = [trainer.train_step() for _ in range(3)]
+        runs[name] = (params(trainer.models.policy), rows)
+    ppo, geppo = runs["ppo"], runs["geppo"]
+    assert all(torch.allclose(ppo[0][n], geppo[0][n], atol=1e-6) for n in ppo[0])
+    assert [r["tokens/policy"] for r in ppo[1]] == [r["tokens/policy"] for r in geppo[1]]
+
+
+@pytest.mark.slow
+def test_geppo_trains_the_last_steps_tokens_again_and_keeps_them_in_the_checkpoint(tmp_path):
+    overrides = [*SMALL_RUN, "algorithm.name=geppo", "algorithm.geppo_reuse_steps=3"]
+    trainer = Trainer(load_config(None, overrides), tmp_path)
+    ppo = Trainer(load_config(None, [*SMALL_RUN]), tmp_path / "ppo")
+    rows = [trainer.train_step() for _ in range(4)]
+    base = [ppo.train_step() for _ in range(4)]
+    assert rows[0]["tokens/policy"] == base[0]["tokens/policy"]  # nothing to reuse yet
+    assert all(r["tokens/policy"] > b["tokens/policy"] for r, b in zip(rows[1:], base[1:], strict=True))
+    assert [r["tokens/value"] for r in rows] == [b["tokens/value"] for b in base]  # Monte Carlo on new ones
+    assert sum(r["rollout/reused_responses"] for r in rows) > 0
+    state = copy.deepcopy(trainer.state_dict())
+    other = Trainer(load_config(None, overrides), tmp_path / "b")
+    other.load_state_dict(state)
+    assert [(s, slot.prompt.uid) for s, slot in other.selector.kept] == [
+        (s, slot.prompt.uid) for s, slot in trainer.selector.kept
+    ]

@@ -114,7 +114,7 @@ class Learner:
         if not a.recompute_old_log_probs:
             pieces = [batch.engine_log_probs[p] for p in packs]
             out["old_log_probs"] = stitch(packs, pieces, batch.response_mask)
-        elif a.ppo_epochs > 1 or a.num_minibatches > 1:
+        elif a.ppo_epochs > 1 or a.num_minibatches > 1 or self.method.needs_old_log_probs:
             self.models.policy.eval()
             sampling = self.sampling
 

@@ -160,7 +160,10 @@ def truncation_diagnostics(
     errors of the responses that finished, their policy versions, the stale share of the value
     tokens, and the advantages of the window-edge tails against the rest."""
     per_token = batch.per_token
-    finished_scores = scores[batch.is_finished].tolist()
+    if all(s.score is not None for s in retired):  # (a batch may hold reused finished responses too)
+        finished_scores = [float(s.score) for s in retired]  # type: ignore[arg-type]
+    else:
+        finished_scores = scores[batch.is_finished].tolist()
     errors: list[float] = []
     for slot, reward in zip(retired, finished_scores, strict=True):
         errors += bootstrap_errors(

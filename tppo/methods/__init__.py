@@ -9,15 +9,18 @@ The trainer calls these and never branches on a method's name. Built in: ``ppo``
 from __future__ import annotations
 
 from tppo.methods.base import METHODS, Method, Selector, TrainSet
+from tppo.methods.geppo import GePPOMethod, ReuseSelector
 from tppo.methods.group import GroupMethod, GroupSelector
 from tppo.methods.ppo import PPOMethod
 
 __all__ = [
     "METHODS",
+    "GePPOMethod",
     "GroupMethod",
     "GroupSelector",
     "Method",
     "PPOMethod",
+    "ReuseSelector",
     "Selector",
     "TrainSet",
     "get_method",

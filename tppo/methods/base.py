@@ -69,6 +69,11 @@ class Method(Protocol):
         """Whether the learner keeps an EWMA copy of the policy (``proximal_log_probs``)."""
         ...
 
+    @property
+    def needs_old_log_probs(self) -> bool:
+        """Whether ``old_log_probs`` are always recomputed (not skipped with one epoch/minibatch)."""
+        ...
+
     def check(self, config: TPPOConfig) -> None:
         """Refuse (:class:`~tppo.config.ConfigError`, naming the key) a config this method cannot run."""
         ...

@@ -120,6 +120,7 @@ class GroupMethod:
     decoupled: bool = False
     needs_critic: bool = False
     needs_proximal: bool = False
+    needs_old_log_probs: bool = False
 
     def check(self, config: TPPOConfig) -> None:
         r, d = config.rollout, config.distributed

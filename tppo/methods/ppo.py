@@ -67,6 +67,8 @@ class PPOMethod:
     default_lm_coef: float = 0.0
     needs_critic: bool = True
     needs_proximal: bool = False
+    needs_old_log_probs: bool = False
+    """``pi_old``'s log-probs are recomputed even with one epoch and one minibatch (GePPO)."""
     """``ppo_ewma``: an EWMA copy of the policy is the proximal policy of the decoupled objective."""
 
     def positive_lm_coef(self, config: TPPOConfig) -> float:
