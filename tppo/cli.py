@@ -96,6 +96,8 @@ def _bench(args: argparse.Namespace) -> int:
     require(args.seeds >= 1, "--seeds", f"must be >= 1, got {args.seeds}")
     require(args.budget_s is None or args.budget_s > 0, "--budget-s", f"must be > 0, got {args.budget_s}")
     require(args.target is None or args.target >= 0, "--target", f"must be >= 0, got {args.target}")
+    if args.eval_every_seconds is not None:  # checked with the config: trainer.eval_every_seconds
+        args.overrides = [*args.overrides, f"trainer.eval_every_seconds={args.eval_every_seconds}"]
     check_config(load_config(args.config, args.overrides, validate=False))  # each run sets its window
     spec = BenchSpec(
         config=args.config,
@@ -182,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="methods beside PPO: tppo@l, grpo, dapo, partial_rollout@l (default: T-PPO at --windows)",
     )
     bench.add_argument("--budget-s", type=float, help="training wall-clock per run (default: the config's)")
+    bench.add_argument(
+        "--eval-every-seconds",
+        type=float,
+        help="evaluate every N seconds of training time (trainer.eval_every_seconds; default: the config's)",
+    )
     bench.add_argument(
         "--target", type=float, help="target accuracy (default: the highest every run reached)"
     )

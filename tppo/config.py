@@ -346,6 +346,10 @@ class TrainerConfig:
         total_steps: training steps (each = one window of generation + one update).
         max_wall_seconds: stop after this much training wall-clock (``None``: no limit).
         eval_every: evaluate every this-many steps (and at step 0 and the end); 0: never.
+        eval_every_seconds: also evaluate whenever at least this many seconds of training time
+            (``time/train_elapsed_s``, evaluation excluded) passed since the last evaluation (and at
+            step 0 and the end); ``None``: off. Evaluation time stays out of the training clock and
+            of ``max_wall_seconds``.
         seed: seed of the prompt order, sampling and initialisation.
         checkpoint_every: write a checkpoint every this-many steps (0: only at the end), and on
             SIGTERM/SIGINT. A checkpoint (``checkpoints/step_N/``) holds policy and value in
@@ -379,6 +383,7 @@ class TrainerConfig:
     total_steps: NonNegativeInt = 100
     max_wall_seconds: PositiveFloat | None = None
     eval_every: NonNegativeInt = 10
+    eval_every_seconds: PositiveFloat | None = None
     seed: Seed = 0
     checkpoint_every: NonNegativeInt = 0
     keep_checkpoints: NonNegativeInt = 2

@@ -57,3 +57,26 @@ def expected_total_steps(step: int, *, total_steps: int, elapsed_s: float, max_s
     if max_seconds is None or step <= 0 or elapsed_s <= 0:
         return total_steps
     return max(step, min(total_steps, math.ceil(step * max_seconds / elapsed_s)))
+
+
+def eval_due(
+    step: int,
+    elapsed_s: float,
+    last_eval_elapsed_s: float | None,
+    every_steps: int,
+    every_seconds: float | None,
+    final: bool,
+) -> bool:
+    """Whether to evaluate after ``step`` steps and ``elapsed_s`` training seconds (evaluation time
+    excluded), the last evaluation made at ``last_eval_elapsed_s`` (``None``: none yet).
+
+    Due at the end (``final``) when any schedule is on, every ``every_steps`` steps (0: off), and
+    whenever at least ``every_seconds`` training seconds passed since the last evaluation (``None``:
+    off; with no evaluation yet, at once). The two schedules work side by side."""
+    if not every_steps and every_seconds is None:
+        return False
+    if final or (every_steps and step % every_steps == 0):
+        return True
+    if every_seconds is None:
+        return False
+    return last_eval_elapsed_s is None or elapsed_s - last_eval_elapsed_s >= every_seconds

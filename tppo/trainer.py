@@ -40,7 +40,7 @@ from tppo.roles import build_learner, build_rollout
 from tppo.rollout.batch import RolloutBatch, collate
 from tppo.rollout.prompts import PromptStream
 from tppo.rollout.slot_pool import Slot, SlotPool
-from tppo.schedules import expected_total_steps, lr_multiplier, run_progress
+from tppo.schedules import eval_due, expected_total_steps, lr_multiplier, run_progress
 from tppo.step_metrics import headline, step_metrics, worker_metrics
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class Trainer:
         self.engine = build_rollout(config, self.learner, self.vocabulary)
         self.step = 0
         self.train_seconds = 0.0
+        self.last_eval_s: float | None = None  # training seconds at the last evaluation
         self.bad_steps = {"actor": 0, "critic": 0}
         """Consecutive steps in which all of a model's updates were skipped (non-finite)."""
         self.stop_signal: int | None = None
@@ -289,6 +290,8 @@ class Trainer:
             total=t.total_steps, initial=self.step, disable=not t.progress, desc="tppo", dynamic_ncols=True
         )
         last_eval: float | None = None
+        evals = [r for r in history if r.get("eval/accuracy") is not None]
+        self.last_eval_s = float(evals[-1].get("time/train_elapsed_s", 0.0)) if evals else None
         handlers = self._catch_stop_signals()
         try:
             if self.step == 0 and logger.rows == 0 and self._eval_due(final=False):
@@ -367,10 +370,15 @@ class Trainer:
                 )
 
     def _eval_due(self, *, final: bool) -> bool:
-        every = self.config.trainer.eval_every
-        if not every or not self.eval_rows:
+        t = self.config.trainer
+        if not self.eval_rows:
             return False
-        return final or self.step % every == 0
+        due = eval_due(
+            self.step, self.train_seconds, self.last_eval_s, t.eval_every, t.eval_every_seconds, final
+        )
+        if due:
+            self.last_eval_s = self.train_seconds
+        return due
 
     def _log_eval(
         self, logger: MetricsLogger, history: list[dict[str, Any]], into: dict[str, Any] | None = None
