@@ -39,6 +39,12 @@ def test_the_registry_holds_every_method_and_names_the_known_ones():
             r"rollout.num_slots: \(10\) must be a multiple of rollout.samples_per_prompt \(4\)",
         ),
         (["algorithm.name=partial_rollout", "distributed.train_workers=2"], r"distributed.train_workers"),
+        (["algorithm.name=ppo_ewma", "distributed.train_workers=2"], r"distributed.train_workers"),
+        (
+            ["algorithm.name=geppo", "algorithm.recompute_old_log_probs=false"],
+            r"algorithm.recompute_old_log_probs",
+        ),
+        (["algorithm.kl_coef=0.1", "distributed.train_workers=2"], r"algorithm.kl_coef"),
     ],
 )
 def test_bad_method_configs_name_the_key(overrides, message):

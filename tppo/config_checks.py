@@ -48,6 +48,11 @@ def check_names(config: TPPOConfig) -> None:
     algorithm = config.algorithm
     check_registered("algorithm.name", algorithm.name, METHODS)
     METHODS.get(algorithm.name).check(config)
+    require(
+        algorithm.kl_coef == 0 or config.distributed.train_workers == 0,
+        "algorithm.kl_coef",
+        "a KL penalty keeps its reference policy in process: set distributed.train_workers to 0",
+    )
     check_registered("algorithm.advantage_estimator", algorithm.advantage_estimator, ADVANTAGE_ESTIMATORS)
     check_registered("rollout.engine", config.rollout.engine, ENGINES)
     check_registered("data.task", config.data.task, TASKS)
