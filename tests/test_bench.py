@@ -173,7 +173,15 @@ def test_tiny_bench_writes_every_file_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "T-PPO (l = 8): speed-up to accuracy" in printed and "report:" in printed
-    for name in ("report.md", "summary.json", "accuracy.png", "phases.png", "lengths.png", "diagnostics.png"):
+    for name in (
+        "report.md",
+        "summary.json",
+        "accuracy.png",
+        "phases.png",
+        "lengths.png",
+        "diagnostics.png",
+        "forest.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0, 1]

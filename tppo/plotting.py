@@ -86,7 +86,38 @@ def plot_bench(report_dir: Path, summary: dict) -> list[Path]:
         _plot_phases(summary, style, report_dir / "phases.png"),
         _plot_lengths(runs, style, report_dir / "lengths.png"),
         _plot_diagnostics(runs, style, report_dir / "diagnostics.png"),
+        _plot_forest(summary, style, report_dir / "forest.png"),
     ]
+
+
+def _plot_forest(summary: dict, style: _Style, path: Path) -> Path:
+    """Each method's paired difference from PPO (accuracy at the budget, speed-up to the target)
+    with its 95% bootstrap interval: the forest plot of ``summary['vs_ppo']``."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.6 * max(len(summary.get("vs_ppo", {})), 1) + 1.6))
+    panels = (
+        ("accuracy_diff_at_budget", "accuracy - PPO's, at the budget", 0.0),
+        ("speedup_to_target", "speed-up to target vs PPO", 1.0),
+    )
+    for ax, (key, title, null) in zip(axes, panels, strict=True):
+        for row, (name, figures) in enumerate(summary.get("vs_ppo", {}).items()):
+            figure = figures.get(key) or {}
+            mean, ci = figure.get("mean"), figure.get("ci95")
+            if mean is None or not ci or None in ci:
+                continue
+            ax.errorbar(
+                [mean],
+                [row],
+                xerr=[[mean - ci[0]], [ci[1] - mean]],
+                fmt="o",
+                capsize=4,
+                color=style.colors.get(name, "k"),
+            )
+        names = list(summary.get("vs_ppo", {}))
+        ax.set_yticks(range(len(names)), [style.labels.get(n, n) for n in names])
+        ax.axvline(null, color="grey", ls="--", lw=1)
+        ax.locator_params(axis="x", nbins=5)
+        ax.set_title(title)
+    return _save(fig, path)
 
 
 @dataclass(frozen=True)
