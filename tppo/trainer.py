@@ -1,6 +1,11 @@
 """The T-PPO trainer: one step = the named phases of DESIGN.md section 1.
 
-    fill -> sync -> generate -> reward -> old_forward -> estimate -> actor -> critic -> retire -> log
+    fill -> sync -> generate -> reward -> retire + select -> old_forward [-> proximal] [-> reference]
+         -> estimate -> actor [-> critic] -> log
+
+The method (``algorithm.name``, :mod:`tppo.methods`) decides which responses the step trains on
+(``select``), their advantages (``estimate``) and the policy objective; the bracketed phases run
+when it needs them (an EWMA policy, a KL reference, a value model).
 
 Plain PPO is this same trainer with ``rollout.window_length == rollout.max_response_length``:
 every response then finishes within its step and nothing carries over.
