@@ -97,14 +97,7 @@ class Learner:
         """
         a, home = self.config.algorithm, batch.input_ids.device
         batch = batch.to(self.device)
-        rows = torch.arange(len(batch.is_finished), device=self.device)
-        packs, padding = shard_packs(
-            rows,
-            batch.lengths,
-            max_tokens=a.micro_batch_tokens,
-            rank=self.shard.rank,
-            world_size=self.shard.world_size,
-        )
+        packs, padding = self._packs(batch)
         out = {}
         if self.models.value is not None:
             self.models.value.eval()
@@ -116,12 +109,7 @@ class Learner:
             out["old_log_probs"] = stitch(packs, pieces, batch.response_mask)
         elif a.ppo_epochs > 1 or a.num_minibatches > 1 or self.method.needs_old_log_probs:
             self.models.policy.eval()
-            sampling = self.sampling
-
-            def log_probs(model: PreTrainedModel, sub: RolloutBatch) -> torch.Tensor:
-                return response_log_probs(model, sub, sampling=sampling)[0]
-
-            out["old_log_probs"] = self._forward_pieces(log_probs, self.models.policy, batch, packs, padding)
+            out["old_log_probs"] = self._log_probs_pieces(self.models.policy, batch, packs, padding)
         return {key: value.to(home) for key, value in out.items()}
 
     def reference_forward(self, batch: RolloutBatch) -> dict[str, torch.Tensor]:
@@ -139,18 +127,31 @@ class Learner:
 
     @torch.no_grad()
     def _log_probs_of(self, model: PreTrainedModel, batch: RolloutBatch) -> torch.Tensor:
-        """Response log-probs of ``model`` (in-process), packed as old_forward packs them."""
+        """Response log-probs of ``model``, packed as old_forward packs them, on the batch's device."""
         home, batch = batch.input_ids.device, batch.to(self.device)
+        return self._log_probs_pieces(model, batch, *self._packs(batch)).to(home)
+
+    def _packs(self, batch: RolloutBatch) -> tuple[list[torch.Tensor], int]:
+        """This rank's micro-batches of the batch's rows, and the empty passes it must add."""
         rows = torch.arange(len(batch.is_finished), device=self.device)
-        packs, padding = shard_packs(
-            rows, batch.lengths, max_tokens=self.config.algorithm.micro_batch_tokens, rank=0, world_size=1
+        return shard_packs(
+            rows,
+            batch.lengths,
+            max_tokens=self.config.algorithm.micro_batch_tokens,
+            rank=self.shard.rank,
+            world_size=self.shard.world_size,
         )
+
+    def _log_probs_pieces(
+        self, model: PreTrainedModel, batch: RolloutBatch, packs: list[torch.Tensor], padding: int
+    ) -> torch.Tensor:
+        """``model``'s response log-probs under the rollout's sampling distribution, stitched."""
         sampling = self.sampling
 
         def log_probs(m: PreTrainedModel, sub: RolloutBatch) -> torch.Tensor:
             return response_log_probs(m, sub, sampling=sampling)[0]
 
-        return self._forward_pieces(log_probs, model, batch, packs, padding).to(home)
+        return self._forward_pieces(log_probs, model, batch, packs, padding)
 
     def _forward_pieces(
         self,

@@ -219,43 +219,46 @@ def clipped_surrogate(*, clip_eps_low: float, clip_eps_high: float, dual_clip: f
     return surrogate
 
 
+LogProbSource = Callable[[RolloutBatch, torch.Tensor], torch.Tensor]
+"""Where a surrogate takes a policy's log-probs from: ``(sub_batch, log_probs) -> Tensor[B, T]``."""
+
+
+def engine_log_probs_of(sub: RolloutBatch, log_probs: torch.Tensor) -> torch.Tensor:
+    """The engine's log-prob of each token, recorded at the step that generated it."""
+    return sub.engine_log_probs
+
+
+def ewma_log_probs_of(sub: RolloutBatch, log_probs: torch.Tensor) -> torch.Tensor:
+    """PPO-EWMA's proximal log-probs (``per_token['proximal_log_probs']``, computed once at the
+    step's start)."""
+    return sub.per_token["proximal_log_probs"]
+
+
 def decoupled_surrogate(
-    *, clip_eps_low: float, clip_eps_high: float, dual_clip: float | None, is_cap: float | None
+    *,
+    clip_eps_low: float,
+    clip_eps_high: float,
+    dual_clip: float | None,
+    is_cap: float | None,
+    proximal: LogProbSource = old_log_probs_of,
+    behaviour: LogProbSource = engine_log_probs_of,
 ) -> Surrogate:
-    """:func:`~tppo.algorithms.decoupled_policy_loss`: behaviour = the engine's log-probs of each
-    token (recorded at the step that generated it), proximal = ``pi_old`` at the training step."""
+    """:func:`~tppo.algorithms.decoupled_policy_loss` with the proximal and behaviour log-probs
+    taken from ``proximal`` and ``behaviour``. The defaults are partial rollout's: behaviour = the
+    engine's log-probs, proximal = ``pi_old`` at the training step. PPO-EWMA passes
+    ``proximal=ewma_log_probs_of, behaviour=old_log_probs_of`` (synchronous generation: the tokens
+    come from ``pi_old``)."""
 
     def surrogate(log_probs: torch.Tensor, sub: RolloutBatch, token_count: float) -> Any:
         return decoupled_policy_loss(
             log_probs,
-            old_log_probs_of(sub, log_probs),
-            sub.engine_log_probs,
+            proximal(sub, log_probs),
+            behaviour(sub, log_probs),
             weighted_advantages(sub),
             sub.per_token["policy_mask"],
             clip_eps_low=clip_eps_low,
             clip_eps_high=clip_eps_high,
             is_cap=is_cap,
-            dual_clip=dual_clip,
-            token_count=token_count,
-        )
-
-    return surrogate
-
-
-def ewma_surrogate(*, clip_eps_low: float, clip_eps_high: float, dual_clip: float | None) -> Surrogate:
-    """PPO-EWMA's objective: :func:`~tppo.algorithms.decoupled_policy_loss` with the EWMA policy's
-    log-probs (``per_token['proximal_log_probs']``, computed once at the step's start) as proximal
-    and ``pi_old``, the policy that generated the tokens (synchronous generation), as behaviour."""
-
-    def surrogate(log_probs: torch.Tensor, sub: RolloutBatch, token_count: float) -> Any:
-        return decoupled_policy_loss(
-            log_probs,
-            sub.per_token["proximal_log_probs"],
-            old_log_probs_of(sub, log_probs),
-            weighted_advantages(sub),
-            sub.per_token["policy_mask"],
-            clip_eps_low=clip_eps_low,
-            clip_eps_high=clip_eps_high,
             dual_clip=dual_clip,
             token_count=token_count,
         )
@@ -276,17 +279,18 @@ def actor_loss_fn(
         mask = sub.per_token["policy_mask"]
         out = surrogate(log_probs, sub, token_count)
         loss = out.loss
-        stats = {"loss": float(out.loss.detach()) * token_count / max(float(mask.sum()), 1.0)}
+        to_piece_mean = token_count / max(float(mask.sum()), 1.0)  # this piece's own token mean
+        stats = {"loss": float(out.loss.detach()) * to_piece_mean}
         stats.update({k: float(v) for k, v in out._asdict().items() if k != "loss"})
         if kl_coef > 0 and "reference_log_probs" in sub.per_token:
             kl = kl_k3(log_probs, sub.per_token["reference_log_probs"], mask, token_count=token_count)
             loss = loss + kl_coef * kl
-            stats["kl_ref"] = float(kl.detach()) * token_count / max(float(mask.sum()), 1.0)
+            stats["kl_ref"] = float(kl.detach()) * to_piece_mean
         if positive_lm_coef > 0 and "positive_mask" in sub.per_token:
             positive = sub.per_token["positive_mask"]
             lm = positive_lm_loss(log_probs, positive.any(dim=1).float(), positive, token_count=token_count)
             loss = loss + positive_lm_coef * lm
-            stats["positive_lm_loss"] = float(lm.detach()) * token_count / max(float(mask.sum()), 1.0)
+            stats["positive_lm_loss"] = float(lm.detach()) * to_piece_mean
         with torch.no_grad():
             stats["entropy"] = float(torch.where(mask, entropy, 0.0).sum() / mask.sum().clamp(min=1))
         return loss, stats

@@ -11,6 +11,7 @@ Choices for sequences (DESIGN.md section 5; the paper is written for fixed-lengt
   truncated importance weights ``min(pi_k / pi_behaviour, 1)`` (:func:`~tppo.algorithms.proximal.
   vtrace_egae`; this step's tokens have weight 1). Whitening, when on, is over all policy tokens.
 - The value model trains, as in T-PPO, only on responses that finished in this step (Monte Carlo).
+- VAPO's knobs (``length_adaptive_alpha``, ``positive_lm_coef``) apply as in ``ppo`` when set.
 - The loss is :func:`~tppo.algorithms.proximal.geppo_policy_loss` around ``pi_k`` (``pi_old``
   recomputed at the step), with ``behaviour`` = the engine's log-probs of the step that generated
   each token (``pi_k`` itself for this step's tokens, so ``M = 1`` is PPO with a symmetric clip),
@@ -25,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tppo.algorithms import masked_whiten, monte_carlo_returns, outcome_rewards, select_tokens
+from tppo.algorithms import outcome_rewards, select_tokens
 from tppo.algorithms.proximal import geppo_clip_eps, geppo_policy_loss, vtrace_egae
 from tppo.config_loader import require
 from tppo.methods.base import METHODS, TrainSet
-from tppo.methods.ppo import PPOMethod, record_bootstraps
+from tppo.methods.ppo import PPOMethod
 from tppo.rollout.slot_pool import slot_from_dict, slot_to_dict
 from tppo.update import Surrogate, old_log_probs_of, weighted_advantages
 
@@ -107,18 +108,11 @@ class GePPOMethod(PPOMethod):
         )
         masks = select_tokens(steps, mask, batch.is_finished, step=step, policy_skip_tail=a.policy_skip_tail)
         earlier = mask & (steps > step - a.geppo_reuse_steps) & (steps < step)
-        policy_mask = masks.policy_mask | earlier
-        value_mask = masks.value_mask.clone()
-        value_mask[len(train.slots) - int(train.metrics.get("rollout/reused_responses", 0)) :] = False
-        advantages = raw
-        if a.whiten_advantages and policy_mask.sum() > 1:
-            advantages = masked_whiten(raw, policy_mask, shift_mean=a.whiten_shift_mean)
-        if a.advantage_clip is not None:
-            advantages = advantages.clamp(-a.advantage_clip, a.advantage_clip)
-        per_token.update(raw_advantages=raw, advantages=advantages, behaviour_log_probs=behaviour)
-        per_token["returns"] = monte_carlo_returns(rewards, mask, gamma=a.gamma)
-        per_token["policy_mask"], per_token["value_mask"] = policy_mask, value_mask
-        record_bootstraps(train.slots, batch)
+        # the value model trains on the responses that finished in this step, not on reused ones
+        # (which finished before and generated nothing in it)
+        value_mask = masks.value_mask & this_step.any(dim=1, keepdim=True)
+        per_token["behaviour_log_probs"] = behaviour
+        self.finish_estimate(batch, train, raw, masks.policy_mask | earlier, value_mask, rewards, config)
 
     def surrogate(self, config: TPPOConfig) -> Surrogate:
         a = config.algorithm

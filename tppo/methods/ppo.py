@@ -29,7 +29,13 @@ from tppo.algorithms import (
 from tppo.algorithms.advantages import length_adaptive_lambda
 from tppo.config_loader import require
 from tppo.methods.base import METHODS, TrainSet
-from tppo.update import Surrogate, clipped_surrogate, ewma_surrogate
+from tppo.update import (
+    Surrogate,
+    clipped_surrogate,
+    decoupled_surrogate,
+    ewma_log_probs_of,
+    old_log_probs_of,
+)
 
 if TYPE_CHECKING:
     from tppo.config import TPPOConfig
@@ -116,23 +122,49 @@ class PPOMethod:
             step=step,
             policy_skip_tail=a.policy_skip_tail,
         )
-        per_token["raw_advantages"] = advantages
-        if a.whiten_advantages and masks.policy_mask.sum() > 1:
-            advantages = masked_whiten(advantages, masks.policy_mask, shift_mean=a.whiten_shift_mean)
+        self.finish_estimate(batch, train, advantages, masks.policy_mask, masks.value_mask, rewards, config)
+
+    def finish_estimate(
+        self,
+        batch: RolloutBatch,
+        train: TrainSet,
+        raw_advantages: torch.Tensor,
+        policy_mask: torch.Tensor,
+        value_mask: torch.Tensor,
+        rewards: torch.Tensor,
+        config: TPPOConfig,
+    ) -> None:
+        """What every critic method does with its raw advantages and token masks: whitening and
+        clipping over the policy tokens, Monte-Carlo returns, VAPO's positive-example mask, and
+        the bootstrap values of the unfinished slots."""
+        a, per_token = config.algorithm, batch.per_token
+        per_token["raw_advantages"] = advantages = raw_advantages
+        if a.whiten_advantages and policy_mask.sum() > 1:
+            advantages = masked_whiten(advantages, policy_mask, shift_mean=a.whiten_shift_mean)
         if a.advantage_clip is not None:
             advantages = advantages.clamp(-a.advantage_clip, a.advantage_clip)
         per_token["advantages"] = advantages
         per_token["returns"] = monte_carlo_returns(rewards, batch.response_mask, gamma=a.gamma)
-        per_token["policy_mask"], per_token["value_mask"] = masks.policy_mask, masks.value_mask
+        per_token["policy_mask"], per_token["value_mask"] = policy_mask, value_mask
         if self.positive_lm_coef(config) > 0:
             positive = batch.is_finished & (train.scores.to(batch.is_finished.device) == 1)
-            per_token["positive_mask"] = masks.policy_mask & positive[:, None]
+            per_token["positive_mask"] = policy_mask & positive[:, None]
         record_bootstraps(train.slots, batch)
 
     def surrogate(self, config: TPPOConfig) -> Surrogate:
         a = config.algorithm
-        make = ewma_surrogate if self.needs_proximal else clipped_surrogate
-        return make(clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high, dual_clip=a.dual_clip)
+        if not self.needs_proximal:
+            return clipped_surrogate(
+                clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high, dual_clip=a.dual_clip
+            )
+        return decoupled_surrogate(
+            clip_eps_low=a.clip_eps_low,
+            clip_eps_high=a.clip_eps_high,
+            dual_clip=a.dual_clip,
+            is_cap=None,
+            proximal=ewma_log_probs_of,
+            behaviour=old_log_probs_of,
+        )
 
 
 def record_bootstraps(slots: Sequence[Slot], batch: RolloutBatch) -> None:
