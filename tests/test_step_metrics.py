@@ -28,6 +28,7 @@ def step_two():
     a = slot(0, 1, [1, 1, 2], "stop", bootstraps=[(1, 0.25)])
     b = slot(1, 0, [0, 0, 1, 1, 2], "length", bootstraps=[(1, 0.5), (3, -0.5)])
     c = slot(2, 2, [2, 2])
+    a.score, b.score = 1.0, 0.0  # what the trainer's reward phase records on finished slots
     batch = collate([a, b, c], pad_token_id=0)
     mask = batch.response_mask
     batch.per_token.update(
@@ -41,8 +42,8 @@ def step_two():
 
 
 def test_truncation_diagnostics_by_hand():
-    batch, retired, scores, _ = step_two()
-    out = truncation_diagnostics(batch, retired, scores, step=2, gamma=1.0, policy_skip_tail=0)
+    batch, retired, _, _ = step_two()
+    out = truncation_diagnostics(batch, retired, step=2, gamma=1.0, policy_skip_tail=0)
     # bootstrap errors V - reward: a: 0.25 - 1 = -0.75; b: 0.5 - 0, -0.5 - 0
     assert out["diagnostics/bootstrap_edges"] == 3
     assert out["diagnostics/bootstrap_error_signed"] == pytest.approx((-0.75 + 0.5 - 0.5) / 3)
@@ -56,7 +57,7 @@ def test_truncation_diagnostics_by_hand():
     assert out["diagnostics/tail_adv_mean"] == pytest.approx(1.05)
     assert out["diagnostics/rest_adv_mean"] == pytest.approx(0.55)
     # with gamma < 1 the error compares with the discounted reward: a's edge at 1 of 3 tokens
-    discounted = truncation_diagnostics(batch, retired, scores, step=2, gamma=0.5, policy_skip_tail=0)
+    discounted = truncation_diagnostics(batch, retired, step=2, gamma=0.5, policy_skip_tail=0)
     assert discounted["diagnostics/bootstrap_error_signed"] == pytest.approx((0.25 - 0.5 + 0.5 - 0.5) / 3)
 
 
@@ -67,7 +68,6 @@ def test_step_metrics_by_hand():
     out = step_metrics(
         batch,
         retired,
-        scores,
         finished=batch.is_finished,
         active_scores=scores,
         step=2,
@@ -100,7 +100,6 @@ def test_a_step_with_nothing_finished_has_no_reward_lengths_or_errors():
     out = step_metrics(
         alone,
         [],
-        torch.zeros(1),
         finished=alone.is_finished,
         active_scores=torch.zeros(1),
         step=2,

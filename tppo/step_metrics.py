@@ -34,7 +34,6 @@ DIAGNOSTIC_TAIL = 8
 def step_metrics(
     batch: RolloutBatch | None,
     retired: Sequence[Slot],
-    scores: torch.Tensor,
     *,
     finished: torch.Tensor,
     active_scores: torch.Tensor,
@@ -56,8 +55,7 @@ def step_metrics(
         batch: the step's training batch (``None``: nothing trained), ``per_token`` holding
             ``policy_mask`` and ``raw_advantages``, and with a critic ``value_mask``, ``returns``
             and ``old_values``.
-        retired: the slots that finished in this step, in slot order.
-        scores: ``Tensor[B]`` the training batch's rewards (0 for unfinished rows).
+        retired: the slots that finished in this step, in slot order, each with its ``score``.
         finished: ``Tensor[A]`` bool, which of the step's ``A`` occupied slots finished.
         active_scores: ``Tensor[A]`` their outcome rewards (0 for unfinished ones).
         new_prompts: prompts the step's fill took.
@@ -90,7 +88,7 @@ def step_metrics(
     }
     metrics.update({k: v for k, v in engine.extra.items() if k.startswith("faults/")})
     metrics.update(
-        training_metrics(batch, retired, scores, step=step, gamma=gamma, policy_skip_tail=policy_skip_tail)
+        training_metrics(batch, retired, step=step, gamma=gamma, policy_skip_tail=policy_skip_tail)
     )
     metrics.update({f"actor/{k}": v for k, v in actor.items()})
     metrics.update({f"critic/{k}": v for k, v in critic.items()})
@@ -106,7 +104,6 @@ def step_metrics(
 def training_metrics(
     batch: RolloutBatch | None,
     retired: Sequence[Slot],
-    scores: torch.Tensor,
     *,
     step: int,
     gamma: float,
@@ -135,9 +132,7 @@ def training_metrics(
         else math.nan
     )
     out.update(
-        truncation_diagnostics(
-            batch, retired, scores, step=step, gamma=gamma, policy_skip_tail=policy_skip_tail
-        )
+        truncation_diagnostics(batch, retired, step=step, gamma=gamma, policy_skip_tail=policy_skip_tail)
     )
     return out
 
@@ -150,26 +145,23 @@ def policy_versions_per_row(batch: RolloutBatch) -> list[int]:
 def truncation_diagnostics(
     batch: RolloutBatch,
     retired: Sequence[Slot],
-    scores: torch.Tensor,
     *,
     step: int,
     gamma: float,
     policy_skip_tail: int,
 ) -> dict[str, float]:
     """Truncation-bias diagnostics of step ``step`` (see :mod:`tppo.diagnostics`): the bootstrap
-    errors of the responses that finished, their policy versions, the stale share of the value
-    tokens, and the advantages of the window-edge tails against the rest."""
+    errors of the responses that finished (each against its ``score``), their policy versions, the
+    stale share of the value tokens, and the advantages of the window-edge tails against the rest."""
     per_token = batch.per_token
-    if all(s.score is not None for s in retired):  # (a batch may hold reused finished responses too)
-        finished_scores = [float(s.score) for s in retired]  # type: ignore[arg-type]
-    else:
-        finished_scores = scores[batch.is_finished].tolist()
     errors: list[float] = []
-    for slot, reward in zip(retired, finished_scores, strict=True):
+    for slot in retired:
+        if slot.score is None:
+            raise ValueError(f"prompt draw {slot.prompt.uid}: a finished response without a score")
         errors += bootstrap_errors(
             list(zip(slot.bootstrap_positions, slot.bootstrap_values, strict=True)),
             response_length=len(slot.response_ids),
-            reward=reward,
+            reward=slot.score,
             gamma=gamma,
         )
     summary = summarize_errors(errors)

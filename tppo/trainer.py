@@ -168,7 +168,6 @@ class Trainer:
         metrics = step_metrics(
             batch,
             retired,
-            train.scores,
             finished=finished,
             active_scores=scores,
             step=step,
