@@ -350,3 +350,17 @@ def test_geppo_trains_the_last_steps_tokens_again_and_keeps_them_in_the_checkpoi
     assert [(s, slot.prompt.uid) for s, slot in other.selector.kept] == [
         (s, slot.prompt.uid) for s, slot in trainer.selector.kept
     ]
+
+
+@pytest.mark.slow
+def test_geppo_honours_the_positive_lm_loss_when_set(tmp_path):
+    overrides = [
+        *SMALL_RUN,
+        "rollout.window_length=48",
+        "algorithm.name=geppo",
+        "algorithm.positive_lm_coef=0.1",
+    ]
+    trainer = Trainer(load_config(None, overrides), tmp_path)
+    rows = [trainer.train_step() for _ in range(2)]
+    assert all("actor/positive_lm_loss" in r for r in rows)
+    assert any(r["actor/positive_lm_loss"] > 0 for r in rows if r["reward/mean"] > 0)
