@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -42,11 +43,11 @@ ARGS = [
 ]
 
 
-def start(out: Path, crash_at: str | None = None) -> subprocess.Popen:
+def start(out: Path, crash_at: str | None = None, extra: Sequence[str] = ()) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "TPPO_CRASH_AT"}
     if crash_at:
         env["TPPO_CRASH_AT"] = crash_at
-    cmd = [sys.executable, "-m", "tppo.cli", "train", "--output-dir", str(out), "--resume", *ARGS]
+    cmd = [sys.executable, "-m", "tppo.cli", "train", "--output-dir", str(out), "--resume", *ARGS, *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -65,11 +66,11 @@ def resume_step(out: Path) -> int:
     return 0 if path is None else int(verify_checkpoint(path)["step"])
 
 
-def kill_at_a_random_moment(out: Path, rng: random.Random) -> int:
+def kill_at_a_random_moment(out: Path, rng: random.Random, extra: Sequence[str]) -> int:
     """Start, wait for the first new metrics row (the run is past its start-up), then SIGKILL it
     somewhere in the next two steps (their phases or checkpoints; at least four steps remain)."""
     seen = len(rows(out))
-    process = start(out)
+    process = start(out, extra=extra)
     while len(rows(out)) <= seen and process.poll() is None:
         time.sleep(0.01)
     time.sleep(rng.uniform(0.0, 2 * rows(out)[-1]["time/step_s"]))
@@ -94,9 +95,12 @@ def without_times(metrics: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in metrics]
 
 
-def test_kill_9_at_any_moment_then_resume_equals_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize(
+    "extra", [[], ["rollout.refill_within_step=true"]], ids=["synchronous", "refill_within_step"]
+)
+def test_kill_9_at_any_moment_then_resume_equals_the_uninterrupted_run(tmp_path, extra):
     reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
-    reference = start(reference_dir)  # runs beside the crashing one
+    reference = start(reference_dir, extra=extra)  # runs beside the crashing one
     rng = random.Random(int(os.environ.get("TPPO_TEST_SEED", "0")))
     log = []
     # mid-generation before any checkpoint exists (the resume starts over), mid-update,
@@ -112,15 +116,15 @@ def test_kill_9_at_any_moment_then_resume_equals_the_uninterrupted_run(tmp_path)
         step = resume_step(crashed_dir)
         if phase == "random":
             assert step <= STEPS - 5
-            code = kill_at_a_random_moment(crashed_dir, rng)
+            code = kill_at_a_random_moment(crashed_dir, rng, extra)
         else:
-            code, err = finish(start(crashed_dir, f"{phase}@{step + offset}"))
+            code, err = finish(start(crashed_dir, f"{phase}@{step + offset}", extra))
         log.append((phase, step, code))
         assert code == -signal.SIGKILL, (log, err[-2000:] if phase != "random" else "")
         if phase == "checkpoint_write":  # the write killed mid-checkpoint left its temporary directory
             assert list((crashed_dir / "checkpoints").glob(".tmp-*"))
             assert resume_step(crashed_dir) == step  # ... which is not a checkpoint
-    code, err = finish(start(crashed_dir))
+    code, err = finish(start(crashed_dir, extra=extra))
     assert code == 0, err[-3000:]
     assert not list((crashed_dir / "checkpoints").glob(".tmp-*"))  # a later write removed it
     code, err = finish(reference)
@@ -164,7 +168,8 @@ def test_kill_9_at_any_moment_then_resume_equals_the_uninterrupted_run(tmp_path)
     ]
     assert carried  # some responses were unfinished across more than one step boundary
     final = pools[-1]["stream"]["position"]
-    assert sum(r["rollout/new_prompts"] for r in crashed) == final
+    assert sum(r["rollout/new_prompts"] + r["rollout/refilled"] for r in crashed) == final
+    assert (sum(r["rollout/refilled"] for r in crashed) > 0) == bool(extra)
     assert [r["rollout/prompts_consumed"] for r in crashed] == [
         r["rollout/prompts_consumed"] for r in expected
     ]

@@ -4,6 +4,10 @@ On the demo model (``tppo-demo``): greedy continuation of prefixes, finish reaso
 log-prob contract (the sampled token's log-prob under ``logits / temperature``, top-k, top-p,
 renormalised, against a fresh forward pass of the same weights), and seeds. Each engine is built
 once per module (vLLM's start-up is slow), by its registered name, as the trainer builds it.
+
+Every test runs twice per engine: through ``generate``, and through ``generate_refilling`` (the path
+``rollout.refill_within_step`` takes) with a refill that adds nothing; the refill tests at the end
+add rows for real.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from tppo.config import TPPOConfig, load_config
 from tppo.data import build_data
 from tppo.engines import FINISH_REASONS, LENGTH, STOP, Engine, get_engine_factory
 from tppo.engines.sampling import processed_log_probs
-from tppo.engines.types import SamplingParams
+from tppo.engines.types import Completion, Refill, Request, SamplingParams
 from tppo.models import Vocabulary, load_policy, load_vocabulary
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -62,13 +66,33 @@ def demo() -> Demo:
 
 
 @pytest.fixture(scope="module", params=ENGINES_UNDER_TEST)
-def engine(request: pytest.FixtureRequest, demo: Demo) -> Iterator[Engine]:
+def built(request: pytest.FixtureRequest, demo: Demo) -> Iterator[Engine]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    built = get_engine_factory(request.param).from_config(demo.config, demo.policy, demo.vocabulary, seed=0)
-    yield built
-    built.close()
+    engine = get_engine_factory(request.param).from_config(demo.config, demo.policy, demo.vocabulary, seed=0)
+    yield engine
+    engine.close()
     torch.set_num_threads(threads)
+
+
+class ThroughRefilling:
+    """An engine seen through ``generate_refilling`` with a refill that adds no row."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def generate(
+        self, prefixes: list[list[int]], max_new_tokens: list[int], sampling: SamplingParams
+    ) -> list[Completion]:
+        return self.engine.generate_refilling(prefixes, max_new_tokens, sampling, lambda *_: None)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.engine, name)
+
+
+@pytest.fixture(params=["generate", "generate_refilling"])
+def engine(request: pytest.FixtureRequest, built: Engine) -> Engine:
+    return built if request.param == "generate" else ThroughRefilling(built)  # type: ignore[return-value]
 
 
 def fresh_log_probs(
@@ -173,3 +197,86 @@ def test_same_seed_same_tokens_and_another_seed_other_tokens(engine: Engine, dem
     assert second != first  # the stream moves on
     engine.reseed(124)
     assert tokens() != first
+
+
+@dataclass
+class Refills:
+    """A refill that gives the next queued prompt to every row that ends with an EOS, for the rest of
+    a window of ``window`` decode steps, and records what it saw and gave."""
+
+    queue: list[list[int]]
+    window: int
+    seen: list[tuple[int, Completion, int]]
+    given: list[tuple[list[int], int, int]]  # prefix, budget, decode step it entered at
+
+    def __call__(self, row: int, completion: Completion, decode_step: int) -> Request | None:
+        self.seen.append((row, completion, decode_step))
+        budget = self.window - decode_step
+        if completion.finish_reason != STOP or not self.queue or budget <= 0:
+            return None
+        prefix = self.queue.pop(0)
+        self.given.append((prefix, budget, decode_step))
+        return Request(prefix, budget)
+
+
+def refills(demo: Demo, window: int) -> Refills:
+    return Refills([list(p) for p in demo.prompts[8:24]], window, [], [])
+
+
+def test_refilled_rows_keep_the_contract_and_their_budgets(built: Engine, demo: Demo) -> None:
+    sampling = SamplingParams(temperature=0.7, top_p=0.9)
+    prefixes, window = demo.prompts[:8], 64
+    refill: Refill = refills(demo, window)
+    built.reseed(3)
+    completions = built.generate_refilling(prefixes, [window] * 8, sampling, refill)
+    assert isinstance(refill, Refills)
+    assert len(refill.given) >= 2, "some demo answers end well within 64 tokens: rows were refilled"
+    assert len(completions) == 8 + len(refill.given)
+    assert sorted(row for row, _, _ in refill.seen) == list(range(len(completions)))  # each row once
+    for row, completion, _ in refill.seen:
+        assert completion.token_ids == completions[row].token_ids
+    eos = set(demo.vocabulary.eos_token_ids)
+    rows = [(list(p), window) for p in prefixes] + [(p, b) for p, b, _ in refill.given]
+    for i, ((prefix, budget), completion) in enumerate(zip(rows, completions, strict=True)):
+        assert len(completion.token_ids) <= budget, f"row {i}"
+        if completion.finish_reason == STOP:
+            assert completion.token_ids[-1] in eos, f"row {i}"
+        else:
+            assert len(completion.token_ids) == budget, f"row {i}"
+        want = fresh_log_probs(demo.policy, prefix, completion.token_ids, sampling)
+        got = torch.tensor(completion.log_probs)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0, msg=f"row {i}")
+    # no row outlives the window: a refill entering at decode step d is given window - d tokens
+    entered = [0] * 8 + [d for _, _, d in refill.given]
+    for row, completion, ended in refill.seen:
+        assert entered[row] + len(completion.token_ids) <= ended <= window, f"row {row}"
+
+
+def test_greedy_refill_leaves_the_other_rows_as_they_were_and_continues_each_refill_as_alone(
+    built: Engine, demo: Demo
+) -> None:
+    prefixes = carried_prefixes(built, demo, 8)
+    budgets = [40] * 8
+    plain = built.generate(prefixes, budgets, GREEDY)
+    refill = refills(demo, 40)
+    together = built.generate_refilling(prefixes, budgets, GREEDY, refill)
+    assert refill.given, "some rows ended early and were refilled"
+    assert [c.token_ids for c in together[:8]] == [c.token_ids for c in plain]
+    for k, (prefix, budget, _) in enumerate(refill.given):
+        (alone,) = built.generate([prefix], [budget], GREEDY)
+        assert together[8 + k].token_ids == alone.token_ids, f"refill {k}"
+        assert together[8 + k].finish_reason == alone.finish_reason, f"refill {k}"
+
+
+def test_a_zero_budget_row_is_offered_at_decode_step_zero(built: Engine, demo: Demo) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def refill(row: int, completion: Completion, decode_step: int) -> Request | None:
+        seen.append((row, decode_step))
+        return Request(demo.prompts[5], 6) if row == 0 else None
+
+    completions = built.generate_refilling([demo.prompts[0], demo.prompts[1]], [0, 4], GREEDY, refill)
+    assert completions[0].token_ids == [] and len(completions) == 3
+    assert (0, 0) in seen and {row for row, _ in seen} == {0, 1, 2}
+    (alone,) = built.generate([demo.prompts[5]], [6], GREEDY)
+    assert completions[2].token_ids == alone.token_ids

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -132,6 +133,27 @@ def test_bench_methods_parse_to_runs_with_ppo_first():
         parse_methods(["tppo@x"], 32)
     with pytest.raises(ConfigError, match=r"window 64 must be in \[1, 32\]"):
         parse_methods(["tppo@64"], 32)
+
+
+def test_bench_methods_take_rollout_options():
+    from tppo.bench import BenchSpec, parse_methods, run_config
+
+    runs = parse_methods(["tppo@8+refill", "ppo+refill"], 32)
+    assert [(m.name, m.window, m.options, m.is_ppo) for m in runs] == [
+        ("ppo", 32, (), True),
+        ("tppo_l8_refill", 8, ("refill",), False),
+        ("ppo_refill", 32, ("refill",), False),
+    ]
+    assert [m.label for m in runs] == [
+        "PPO (l = L = 32)",
+        "T-PPO (l = 8, refill)",
+        "PPO (l = L = 32, refill)",
+    ]
+    spec = BenchSpec(config=None, overrides=["rollout.max_response_length=32"], output_dir=Path("unused"))
+    assert run_config(spec, runs[1], seed=0).rollout.refill_within_step
+    assert not run_config(spec, runs[0], seed=0).rollout.refill_within_step
+    with pytest.raises(ConfigError, match=r"--methods: 'tppo@8\+refil'.*unknown rollout option 'refil'"):
+        parse_methods(["tppo@8+refil"], 32)
 
 
 @pytest.mark.slow

@@ -69,25 +69,36 @@ class BenchSpec:
 
 @dataclass
 class Method:
-    """One method of the bench: a registered ``algorithm.name`` at a window ``l``.
+    """One method of the bench: a registered ``algorithm.name`` at a window ``l``, with rollout options.
 
     Attributes:
         name: the run's name (its directory and key in ``summary.json``).
         window: ``rollout.window_length``.
-        is_ppo: the baseline (PPO, ``l = L``).
+        is_ppo: the baseline (PPO, ``l = L``, no rollout option).
         algorithm: ``algorithm.name``.
+        options: names from :data:`ROLLOUT_OPTIONS` (``+refill`` in a ``--methods`` spec).
     """
 
     name: str
     window: int
     is_ppo: bool
     algorithm: str = "ppo"
+    options: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
+        extra = "".join(f", {option}" for option in self.options)
         if self.algorithm != "ppo":
-            return f"{self.algorithm} (l = {self.window})"
-        return f"PPO (l = L = {self.window})" if self.is_ppo else f"T-PPO (l = {self.window})"
+            return f"{self.algorithm} (l = {self.window}{extra})"
+        if self.is_ppo or self.name.startswith("ppo"):
+            return f"PPO (l = L = {self.window}{extra})"
+        return f"T-PPO (l = {self.window}{extra})"
+
+
+ROLLOUT_OPTIONS: dict[str, list[str]] = {
+    "refill": ["rollout.refill_within_step=true"],
+}
+"""``--methods`` suffixes (``tppo@128+refill``): the overrides each rollout option adds to a run."""
 
 
 GROUP_SAMPLES = 4
@@ -96,16 +107,24 @@ GROUP_SAMPLES = 4
 
 def parse_methods(specs: Sequence[str], max_response_length: int) -> list[Method]:
     """``--methods``: ``ppo``, ``tppo@l``, a registered method name (``grpo``, ``dapo``, ``vapo``:
-    ``l = L``) or ``name@l`` (``partial_rollout@128``; a bare ``partial_rollout`` takes ``l = L / 4``).
+    ``l = L``) or ``name@l`` (``partial_rollout@128``; a bare ``partial_rollout`` takes ``l = L / 4``),
+    each optionally followed by rollout options (``tppo@128+refill``, :data:`ROLLOUT_OPTIONS`).
     PPO comes first, added when absent: it is every comparison's baseline."""
     from tppo.methods import METHODS
 
     out = [Method("ppo", max_response_length, True)]
     for spec in specs:
-        name, _, window_text = spec.partition("@")
+        head, *options = spec.split("+")
+        name, _, window_text = head.partition("@")
         algorithm = "ppo" if name == "tppo" else name
         if algorithm not in METHODS:
             raise ConfigError(f"--methods: {spec!r}: {METHODS.unknown_message(algorithm)} (or tppo@l)")
+        for option in options:
+            if option not in ROLLOUT_OPTIONS:
+                raise ConfigError(
+                    f"--methods: {spec!r}: unknown rollout option {option!r} "
+                    f"(known: {', '.join(sorted(ROLLOUT_OPTIONS))})"
+                )
         default = max_response_length // 4 if name in ("tppo", "partial_rollout") else max_response_length
         try:
             window = int(window_text) if window_text else default
@@ -113,10 +132,11 @@ def parse_methods(specs: Sequence[str], max_response_length: int) -> list[Method
             raise ConfigError(f"--methods: {spec!r}: the window after '@' must be an integer") from None
         if not 0 < window <= max_response_length:
             raise ConfigError(f"--methods: {spec!r}: window {window} must be in [1, {max_response_length}]")
-        if name == "ppo" and window == max_response_length:
+        if name == "ppo" and window == max_response_length and not options:
             continue  # the baseline, already first
         label = name if window == max_response_length and name != "tppo" else f"{name}_l{window}"
-        out.append(Method(label, window, False, algorithm))
+        label += "".join(f"_{option}" for option in options)
+        out.append(Method(label, window, False, algorithm, tuple(options)))
     return out
 
 
@@ -133,6 +153,7 @@ def methods(max_response_length: int, windows: Sequence[int]) -> list[Method]:
 
 def run_config(spec: BenchSpec, method: Method, seed: int) -> TPPOConfig:
     overrides = [*spec.overrides, f"rollout.window_length={method.window}", f"trainer.seed={seed}"]
+    overrides += [o for option in method.options for o in ROLLOUT_OPTIONS[option]]
     if method.algorithm != "ppo":
         overrides.append(f"algorithm.name={method.algorithm}")
         from tppo.methods import get_method

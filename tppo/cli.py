@@ -181,7 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--methods",
         nargs="*",
-        help="methods beside PPO: tppo@l, grpo, dapo, partial_rollout@l (default: T-PPO at --windows)",
+        help=(
+            "methods beside PPO: tppo@l, grpo, dapo, partial_rollout@l, ppo_ewma, geppo, vapo, each "
+            "optionally +refill (default: T-PPO at --windows)"
+        ),
     )
     bench.add_argument("--budget-s", type=float, help="training wall-clock per run (default: the config's)")
     bench.add_argument(

@@ -193,6 +193,10 @@ class RolloutConfig:
             from (the log-prob contract of :mod:`tppo.engines.base`).
         max_batch_size: the engine's largest batch (``None``: all slots at once; for ``vllm``,
             vLLM's ``max_num_seqs`` default).
+        refill_within_step: a slot whose response finishes at decode step ``d`` of a window takes
+            the next prompt at once and generates at most ``l - d`` tokens in the same step, with
+            the same weights (``rollout/refilled`` counts them): the slots stay busy, and training
+            stays on-policy. Off: a freed slot waits for the next step (the paper's T-PPO).
         vllm: settings of the vLLM engine.
     """
 
@@ -205,6 +209,7 @@ class RolloutConfig:
     top_p: Probability = 1.0
     top_k: NonNegativeInt = 0
     max_batch_size: PositiveInt | None = None
+    refill_within_step: bool = False
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 

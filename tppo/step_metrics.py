@@ -47,6 +47,7 @@ def step_metrics(
     gamma: float,
     policy_skip_tail: int,
     recomputed_old_log_probs: bool = True,
+    refilled: int = 0,
 ) -> dict[str, Any]:
     """Step ``step``'s rollout, token, reward, length, advantage and value figures, the updates'
     statistics (``actor/*``, ``critic/*``) and the truncation diagnostics (``diagnostics/*``).
@@ -56,7 +57,8 @@ def step_metrics(
             ``policy_mask`` and ``raw_advantages``, and with a critic ``value_mask``, ``returns``
             and ``old_values``.
         retired: the slots that finished in this step, in slot order, each with its ``score``.
-        finished: ``Tensor[A]`` bool, which of the step's ``A`` occupied slots finished.
+        finished: ``Tensor[A]`` bool, which of the step's ``A`` responses finished (the slots
+            occupied after the fill, then the refills).
         active_scores: ``Tensor[A]`` their outcome rewards (0 for unfinished ones).
         new_prompts: prompts the step's fill took.
         prompts_consumed: the prompt stream's position after the step.
@@ -67,12 +69,14 @@ def step_metrics(
         policy_skip_tail: ``algorithm.policy_skip_tail`` (the diagnosed window-edge tail).
         recomputed_old_log_probs: whether ``old_log_probs`` were recomputed by the trainer (then
             ``rollout/logprob_gap_abs_mean`` compares them with the engine's on this step's tokens).
+        refilled: prompts that entered a slot within the step (``rollout.refill_within_step``).
     """
     lengths = [len(s.response_ids) for s in retired]
     metrics: dict[str, Any] = {
         "step": step,
         "rollout/new_prompts": new_prompts,
-        "rollout/carried": len(finished) - new_prompts,
+        "rollout/carried": len(finished) - new_prompts - refilled,
+        "rollout/refilled": refilled,
         "rollout/finished": int(finished.sum()),
         "rollout/truncated": sum(s.finish == LENGTH for s in retired),
         "rollout/generated_tokens": engine.generated_tokens,

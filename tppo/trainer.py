@@ -133,7 +133,7 @@ class Trainer:
         with self._phase(timer, "sync"):
             self.engine.update_weights(self.learner.policy_weights())
         with self._phase(timer, "generate"):
-            self._generate(step, active)
+            active, refilled = self._generate(step, active)
         with self._phase(timer, "reward"):
             scores, reward_problems = self._reward(active)
         finished = torch.tensor([slot.finished for slot in active], dtype=torch.bool)
@@ -180,6 +180,7 @@ class Trainer:
             gamma=a.gamma,
             policy_skip_tail=a.policy_skip_tail,
             recomputed_old_log_probs=a.recompute_old_log_probs,
+            refilled=refilled,
         )
         metrics.update(train.metrics)
         metrics.update(timer.as_metrics())
@@ -196,10 +197,18 @@ class Trainer:
         with timer(name):
             yield
 
-    def _generate(self, step: int, active: list[Slot]) -> None:
+    def _generate(self, step: int, active: list[Slot]) -> tuple[list[Slot], int]:
+        """Continue every occupied slot by its window; returns the step's responses (with
+        ``rollout.refill_within_step``, also those that entered a slot freed within the window) and
+        how many entered so."""
+        eos = self.vocabulary.eos_token_ids
+        if self.config.rollout.refill_within_step:
+            window = self.pool.refilling(step, eos)
+            self.engine.generate_refilling(window.prefixes, window.budgets, self.sampling, window)
+            return window.slots, window.refilled
         prefixes, budgets = self.pool.requests()
-        completions = self.engine.generate(prefixes, budgets, self.sampling)
-        self.pool.record(step, completions, self.vocabulary.eos_token_ids)
+        self.pool.record(step, self.engine.generate(prefixes, budgets, self.sampling), eos)
+        return active, 0
 
     def _reward(self, active: list[Slot]) -> tuple[torch.Tensor, tuple[int, int]]:
         """Scores ``Tensor[B]``: the outcome reward of finished slots (also kept as ``slot.score``),

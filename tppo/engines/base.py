@@ -39,6 +39,8 @@ from tppo.engines.types import (
     Completion,
     EngineStats,
     FinishReason,
+    Refill,
+    Request,
     SamplingParams,
 )
 from tppo.registry import Registry
@@ -88,6 +90,41 @@ class Engine(abc.ABC):
         A row stops at the first EOS token (``finish_reason="stop"``) or when its budget is
         spent (``"length"``). A budget of 0 yields an empty ``"length"`` completion.
         """
+
+    def generate_refilling(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        max_new_tokens: Sequence[int],
+        sampling: SamplingParams,
+        refill: Refill,
+    ) -> list[Completion]:
+        """:meth:`generate`, and every row that ends hands its place to the request ``refill`` returns.
+
+        ``refill(row, completion, decode_step)`` is called once per row, when its completion is final
+        (see :data:`~tppo.engines.types.Refill`); a returned :class:`~tppo.engines.types.Request` is
+        continued in the same call, with the same weights, under the same contract. Returns every
+        row's completion: the given prefixes', then the refills' in the order they were returned.
+
+        This default runs in waves: one :meth:`generate` call, then one for the requests its ended
+        rows returned (each row's ``decode_step`` counted from the start of the first wave), and so
+        on. It keeps the semantics for any engine (remote ones included) but not the speed: a wave
+        starts only when the last one has ended. Engines that can add rows to a running generation
+        (``hf``, ``vllm``) override it so that a refill starts as soon as its row is free.
+        """
+        check_requests(prefixes, max_new_tokens)
+        out: list[Completion] = []
+        wave = [(list(p), int(n), 0) for p, n in zip(prefixes, max_new_tokens, strict=True)]
+        while wave:
+            completions = self.generate([p for p, _, _ in wave], [n for _, n, _ in wave], sampling)
+            first_row, following = len(out), []
+            out.extend(completions)
+            for offset, ((_, _, started), completion) in enumerate(zip(wave, completions, strict=True)):
+                ended = started + len(completion.token_ids)
+                request = refill(first_row + offset, completion, ended)
+                if request is not None:
+                    following.append((list(request.prefix), int(request.max_new_tokens), ended))
+            wave = following
+        return out
 
     @abc.abstractmethod
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -190,6 +227,8 @@ __all__ = [
     "Engine",
     "EngineStats",
     "FinishReason",
+    "Refill",
+    "Request",
     "SamplingParams",
     "SeededEngine",
     "check_requests",

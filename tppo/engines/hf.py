@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +29,7 @@ from transformers.cache_utils import Cache, DynamicLayer, LinearAttentionCacheLa
 
 from tppo.engines.base import SeededEngine, check_requests
 from tppo.engines.sampling import sample_tokens
-from tppo.engines.types import LENGTH, STOP, Completion, FinishReason, SamplingParams
+from tppo.engines.types import LENGTH, STOP, Completion, FinishReason, Refill, SamplingParams
 
 
 @dataclass
@@ -43,6 +43,11 @@ class _Row:
 
     def completion(self) -> Completion:
         return Completion(list(self.token_ids), list(self.log_probs), self.finish_reason)
+
+
+_RowRefill = Callable[[list[_Row], int], list[tuple[_Row, list[int]]]]
+"""Inside :meth:`HFEngine.generate_refilling`: the rows that ended at a decode step -> the new rows (with
+their prefixes) that enter the running batch."""
 
 
 class HFEngine(SeededEngine):
@@ -103,17 +108,69 @@ class HFEngine(SeededEngine):
         """Continue ``prefixes[i]`` by at most ``max_new_tokens[i]`` tokens (see :class:`Engine`)."""
         check_requests(prefixes, max_new_tokens)
         rows = [_Row(budget=int(n)) for n in max_new_tokens]
-        todo = sorted((i for i, n in enumerate(max_new_tokens) if n > 0), key=lambda i: len(prefixes[i]))
+        self._run(prefixes, rows, sampling, None)
+        return [row.completion() for row in rows]
+
+    def generate_refilling(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        max_new_tokens: Sequence[int],
+        sampling: SamplingParams,
+        refill: Refill,
+    ) -> list[Completion]:
+        """:meth:`Engine.generate_refilling` in flight: a row that ends leaves the batch and the KV cache,
+        and the prefix ``refill`` returns for it is prefilled and merged into the running cache before
+        the next decode step (models whose cache layers are not all plain full-attention ones refill
+        in waves, the default)."""
+        check_requests(prefixes, max_new_tokens)
+        if not _can_merge(DynamicCache(config=self.model.config), filled=False):
+            return super().generate_refilling(prefixes, max_new_tokens, sampling, refill)
+        rows = [_Row(budget=int(n)) for n in max_new_tokens]
+        number = {id(row): i for i, row in enumerate(rows)}
+
+        def enter(ended: list[_Row], step: int) -> list[tuple[_Row, list[int]]]:
+            entering = []
+            while ended:
+                row = ended.pop(0)
+                request = refill(number[id(row)], row.completion(), step)
+                if request is None:
+                    continue
+                check_requests([request.prefix], [request.max_new_tokens])
+                new = _Row(budget=int(request.max_new_tokens))
+                number[id(new)] = len(rows)
+                rows.append(new)
+                if new.budget == 0:
+                    ended.append(new)  # an empty completion, final at once
+                else:
+                    entering.append((new, list(request.prefix)))
+            return entering
+
+        self._run(prefixes, rows, sampling, enter)  # ``enter`` appends the refills to ``rows``
+        return [row.completion() for row in rows]
+
+    def _run(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        rows: list[_Row],
+        sampling: SamplingParams,
+        refill: _RowRefill | None,
+    ) -> None:
+        """Decode ``rows`` (one per prefix), shortest prefixes first, at most ``max_batch_size`` at once;
+        rows with a budget of 0 end at decode step 0 (and are offered to ``refill`` then)."""
+        order = sorted((i for i, row in enumerate(rows) if row.budget > 0), key=lambda i: len(prefixes[i]))
+        todo = [(prefixes[i], rows[i]) for i in order]
+        if refill is not None:
+            todo += [(prefix, row) for row, prefix in refill([row for row in rows if row.budget == 0], 0)]
         chunk = self.max_batch_size or max(len(todo), 1)
         started = time.perf_counter()
         with self._generation_mode():
             for lo in range(0, len(todo), chunk):
-                ids = todo[lo : lo + chunk]
-                self._generate_batch([prefixes[i] for i in ids], [rows[i] for i in ids], sampling)
+                batch = todo[lo : lo + chunk]
+                self._generate_batch([p for p, _ in batch], [r for _, r in batch], sampling, refill)
+        self.stats.generated_tokens += sum(len(row.token_ids) for row in rows)
         self.stats.extra["generate_s"] = self.stats.extra.get("generate_s", 0.0) + (
             time.perf_counter() - started
         )
-        return [row.completion() for row in rows]
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy tensors into the model's parameters (or buffers) by Hugging Face name.
@@ -155,38 +212,73 @@ class HFEngine(SeededEngine):
                 module.training = training
 
     def _generate_batch(
-        self, prefixes: Sequence[Sequence[int]], rows: list[_Row], sampling: SamplingParams
+        self,
+        prefixes: Sequence[Sequence[int]],
+        rows: list[_Row],
+        sampling: SamplingParams,
+        refill: _RowRefill | None = None,
     ) -> None:
         """Prefill ``B`` prefixes, then decode one token per live row per step until all have finished.
 
-        ``rows[b]`` receives prefix ``b``'s tokens; ``live[j]`` is the index in ``rows`` of batch row ``j``
-        (``-1`` for a finished row kept in a cache that cannot drop rows).
+        ``rows[b]`` receives prefix ``b``'s tokens; ``live[j]`` is the row that batch row ``j`` fills
+        (``None`` for a finished row kept in a cache that cannot drop rows). With ``refill``, the rows
+        that end in a step are handed to it; the rows and prefixes it returns are prefilled, merged
+        into the running cache, and decode with the others from the next step on.
         """
         logits, cache, attention_mask, position_ids = self._prefill(prefixes)
-        live = list(range(len(rows)))
+        live: list[_Row | None] = list(rows)
         steps = 0
         while True:
             tokens, log_probs = sample_tokens(logits, sampling, self.generator)
             steps += 1
-            done = self._record(tokens.tolist(), log_probs.tolist(), live, rows)
-            if all(done):
+            done = self._record(tokens.tolist(), log_probs.tolist(), live)
+            ended = [row for row, d in zip(live, done, strict=True) if d and row is not None]
+            entering = [] if refill is None else refill(ended, steps)
+            if all(done) and not entering:
                 break
             if any(done):
                 keep = [j for j, d in enumerate(done) if not d]
                 if _can_drop_rows(cache):
-                    index = torch.tensor(keep, device=self.device)
+                    index = torch.tensor(keep, device=self.device, dtype=torch.long)
                     cache.batch_select_indices(index)
                     tokens, attention_mask = tokens[index], attention_mask[index]
                     position_ids = position_ids[index]
                     live = [live[j] for j in keep]
                 else:
-                    live = [-1 if d else b for b, d in zip(live, done, strict=True)]
+                    live = [None if d else row for row, d in zip(live, done, strict=True)]
                     tokens = tokens.masked_fill(torch.tensor(done, device=self.device), self.pad_token_id)
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(live), 1)], dim=1)
-            position_ids = position_ids[:, -1:] + 1
-            logits, cache = self._forward(tokens.unsqueeze(1), attention_mask, position_ids, cache)
-        self.stats.generated_tokens += sum(len(row.token_ids) for row in rows)
+            if live:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(live), 1)], dim=1)
+                position_ids = position_ids[:, -1:] + 1
+                logits, cache = self._forward(tokens.unsqueeze(1), attention_mask, position_ids, cache)
+            if entering:
+                logits, cache, attention_mask, position_ids = self._enter(
+                    [prefix for _, prefix in entering], (logits, cache, attention_mask, position_ids), live
+                )
+                live = live + [row for row, _ in entering]
         self.stats.decode_steps += steps
+
+    def _enter(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        running: tuple[torch.Tensor, Cache, torch.Tensor, torch.Tensor],
+        live: Sequence[_Row | None],
+    ) -> tuple[torch.Tensor, Cache, torch.Tensor, torch.Tensor]:
+        """Prefill ``prefixes`` and append them, as new rows, to the ``running`` batch (logits, cache,
+        attention mask, position ids) of the ``live`` rows; both sides left-padded to the wider."""
+        logits, cache, attention_mask, position_ids = self._prefill(prefixes)
+        if not live:
+            return logits, cache, attention_mask, position_ids[:, -1:]
+        old_logits, old_cache, old_mask, old_positions = running
+        width = max(old_mask.shape[1], attention_mask.shape[1])
+        merged = _stack_caches([old_cache, cache], width=width, config=self.model.config)
+        masks = [nn.functional.pad(m, (width - m.shape[1], 0)) for m in (old_mask, attention_mask)]
+        return (
+            torch.cat([old_logits, logits]),
+            merged,
+            torch.cat(masks),
+            torch.cat([old_positions[:, -1:], position_ids[:, -1:]]),
+        )
 
     def _prefill(
         self, prefixes: Sequence[Sequence[int]]
@@ -218,16 +310,13 @@ class HFEngine(SeededEngine):
         logits, cache = self._forward(input_ids, attention_mask, position_ids, DynamicCache(config=config))
         return logits, cache, attention_mask, position_ids
 
-    def _record(
-        self, tokens: list[int], log_probs: list[float], live: list[int], rows: list[_Row]
-    ) -> list[bool]:
-        """Append batch row ``j``'s new token to ``rows[live[j]]``; return which batch rows are done."""
+    def _record(self, tokens: list[int], log_probs: list[float], live: list[_Row | None]) -> list[bool]:
+        """Append batch row ``j``'s new token to ``live[j]``; return which batch rows are done."""
         done = []
-        for token, log_prob, b in zip(tokens, log_probs, live, strict=True):
-            if b < 0:
+        for token, log_prob, row in zip(tokens, log_probs, live, strict=True):
+            if row is None:
                 done.append(True)
                 continue
-            row = rows[b]
             row.token_ids.append(token)
             row.log_probs.append(log_prob)
             if token in self.eos_token_ids:

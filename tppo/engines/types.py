@@ -16,6 +16,7 @@ compares like with like whether ``old_log_probs`` come from the engine or are re
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
@@ -101,3 +102,19 @@ class EngineStats:
     generated_tokens: int = 0
     decode_steps: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Request:
+    """A prefix to continue by at most ``max_new_tokens`` tokens: what a refill puts in a freed row."""
+
+    prefix: Sequence[int]
+    max_new_tokens: int
+
+
+Refill = Callable[[int, Completion, int], Request | None]
+"""Called by :meth:`~tppo.engines.base.Engine.generate_refilling` once for every row when its completion is
+final, as ``refill(row, completion, decode_step)``: ``row`` numbers the rows (the given prefixes
+``0..n-1``, then the refills in the order they were returned), ``decode_step`` is how many decode steps
+the call had run when the row ended. Returns the request that takes the freed row for the rest of the
+call (continued with the same weights), or ``None``."""

@@ -40,6 +40,7 @@ How it is wired:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
@@ -51,7 +52,7 @@ import torch
 from transformers import PreTrainedModel
 
 from tppo.engines.base import SeededEngine, check_requests
-from tppo.engines.types import LENGTH, STOP, Completion, FinishReason, SamplingParams
+from tppo.engines.types import LENGTH, STOP, Completion, FinishReason, Refill, SamplingParams
 
 if TYPE_CHECKING:
     from tppo.config import TPPOConfig, VLLMConfig
@@ -77,6 +78,7 @@ def import_vllm() -> Any:
         import vllm.envs
         import vllm.inputs
         import vllm.platforms
+        import vllm.sampling_params
     except ImportError as error:
         raise ImportError(f"{INSTALL_HINT} (import failed: {error})") from error
     return vllm
@@ -121,6 +123,7 @@ class VLLMEngine(SeededEngine):
         self.generator = torch.Generator().manual_seed(seed)
         self._workdir = workdir
         self.pack_weights = pack_weights
+        self._request_ids = itertools.count()
 
     @classmethod
     def from_config(
@@ -176,17 +179,78 @@ class VLLMEngine(SeededEngine):
             )
             for i, output in zip(todo, outputs, strict=True):
                 completions[i] = self._completion(output.outputs[0], i)
-            if self.sleep_between_calls:
-                self.llm.sleep(level=1)
-                self.sleeping = True
-        lengths = [len(c.token_ids) for c in completions]
-        self.stats.generated_tokens += sum(lengths)
         # vLLM schedules every live request in each decode step (K <= max_num_seqs): as many steps as
         # the longest continuation.
-        self.stats.decode_steps += max(lengths, default=0)
+        lengths = [len(c.token_ids) for c in completions]
+        self._after_generate(completions, decode_steps=max(lengths, default=0), started=started)
+        return completions
+
+    def _after_generate(self, completions: list[Completion], *, decode_steps: int, started: float) -> None:
+        """Count a call's tokens, decode steps and seconds; put the LLM to sleep if so configured."""
+        if self.sleep_between_calls and not self.sleeping:
+            self.llm.sleep(level=1)
+            self.sleeping = True
+        self.stats.generated_tokens += sum(len(c.token_ids) for c in completions)
+        self.stats.decode_steps += decode_steps
         self.stats.extra["generate_s"] = self.stats.extra.get("generate_s", 0.0) + (
             time.perf_counter() - started
         )
+
+    def generate_refilling(
+        self,
+        prefixes: Sequence[Sequence[int]],
+        max_new_tokens: Sequence[int],
+        sampling: SamplingParams,
+        refill: Refill,
+    ) -> list[Completion]:
+        """:meth:`Engine.generate_refilling` in flight: the requests go into vLLM's running engine
+        (``LLM.enqueue``), the engine is stepped (``llm_engine.step``), and the request ``refill``
+        returns for a finished one is added at once, to be scheduled in the next engine step.
+        ``decode_step`` is the number of engine steps run so far."""
+        self._check_inputs(prefixes, max_new_tokens)
+        started = time.perf_counter()
+        completions: list[Completion] = []
+        ids: dict[str, int] = {}  # vLLM request id -> row
+        self._wake_up()
+        steps = 0
+
+        def add(rows: list[tuple[Sequence[int], int]]) -> None:
+            ended = []
+            for prefix, budget in rows:
+                row = len(completions)
+                completions.append(Completion([], [], LENGTH))
+                if budget == 0:
+                    ended.append(row)
+                    continue
+                self._check_inputs([prefix], [budget])
+                params = self._sampling_params(sampling, budget)
+                params.output_kind = self._vllm.sampling_params.RequestOutputKind.FINAL_ONLY
+                request_id = f"tppo-{next(self._request_ids)}"
+                prompt = self._vllm.inputs.TokensPrompt(prompt_token_ids=list(prefix))
+                self.llm.llm_engine.add_request(request_id, prompt, params)
+                ids[request_id] = row  # outputs carry the id given here
+            for row in ended:
+                finish(row)
+
+        def finish(row: int) -> None:
+            request = refill(row, completions[row], steps)
+            if request is not None:
+                add([(request.prefix, int(request.max_new_tokens))])
+
+        try:
+            add([(p, int(n)) for p, n in zip(prefixes, max_new_tokens, strict=True)])
+            while self.llm.llm_engine.has_unfinished_requests():
+                outputs = self.llm.llm_engine.step()
+                steps += 1
+                for output in outputs:
+                    if output.finished:
+                        row = ids.pop(output.request_id)
+                        completions[row] = self._completion(output.outputs[0], row)
+                        finish(row)
+        except BaseException:
+            self.llm.llm_engine.abort_request(list(ids))  # leave no request behind in the engine
+            raise
+        self._after_generate(completions, decode_steps=steps, started=started)
         return completions
 
     def update_weights(

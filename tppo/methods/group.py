@@ -138,6 +138,13 @@ class GroupMethod:
                 f"({r.num_slots}) must be a multiple of rollout.samples_per_prompt ({r.samples_per_prompt}) "
                 f"for algorithm.name={self.name}, so that no group is split across steps",
             )
+            require(
+                not r.refill_within_step,
+                "rollout.refill_within_step",
+                f"algorithm.name={self.name} trains whole responses generated within one step; a refill "
+                "would carry a response over to the next step: set it to false, or use"
+                " algorithm.name=partial_rollout",
+            )
         require(
             d.train_workers == 0,
             "distributed.train_workers",
