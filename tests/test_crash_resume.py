@@ -96,7 +96,9 @@ def without_times(metrics: list[dict]) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["rollout.refill_within_step=true"]], ids=["synchronous", "refill_within_step"]
+    "extra",
+    [[], ["rollout.refill_within_step=true", "rollout.overlap_generation=true"]],
+    ids=["synchronous", "refill_and_overlap"],
 )
 def test_kill_9_at_any_moment_then_resume_equals_the_uninterrupted_run(tmp_path, extra):
     reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"

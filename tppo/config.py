@@ -197,6 +197,15 @@ class RolloutConfig:
             the next prompt at once and generates at most ``l - d`` tokens in the same step, with
             the same weights (``rollout/refilled`` counts them): the slots stay busy, and training
             stays on-policy. Off: a freed slot waits for the next step (the paper's T-PPO).
+        overlap_generation: generate step ``j + 1``'s window with step ``j``'s ``pi_old`` while the
+            learner updates on step ``j``'s (a background thread; the HF engine samples from its
+            own copy of the policy); the new weights reach the engine at the next boundary. Tokens
+            are then one policy version old and the policy loss is the decoupled one (behaviour =
+            the engine's log-probs, proximal = ``pi_old`` recomputed; importance weights capped at
+            ``algorithm.is_cap``). Off: the synchronous trainer.
+        max_staleness: the most policy updates a trained window may lag behind ``pi_old``; with
+            ``overlap_generation`` it must be at least 1 (the next window continues this one's
+            responses, so one window ahead, staleness 1, is as far as generation runs).
         vllm: settings of the vLLM engine.
     """
 
@@ -210,6 +219,8 @@ class RolloutConfig:
     top_k: NonNegativeInt = 0
     max_batch_size: PositiveInt | None = None
     refill_within_step: bool = False
+    overlap_generation: bool = False
+    max_staleness: NonNegativeInt = 1
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
 

@@ -53,6 +53,7 @@ def check_names(config: TPPOConfig) -> None:
         "algorithm.kl_coef",
         "a KL penalty keeps its reference policy in process: set distributed.train_workers to 0",
     )
+    check_overlap(config)
     check_registered("algorithm.advantage_estimator", algorithm.advantage_estimator, ADVANTAGE_ESTIMATORS)
     check_registered("rollout.engine", config.rollout.engine, ENGINES)
     check_registered("data.task", config.data.task, TASKS)
@@ -60,6 +61,32 @@ def check_names(config: TPPOConfig) -> None:
         check_reward("reward.name", config.reward.name)
     check_template("data.prompt_template", config.data.prompt_template)
     check_device_name("model.device", config.model.device)
+
+
+def check_overlap(config: TPPOConfig) -> None:
+    """``rollout.overlap_generation``: the stale tokens need ``pi_old`` recomputed as the proximal
+    policy, a staleness bound of at least 1, and (for now) in-process roles."""
+    r, d = config.rollout, config.distributed
+    if not r.overlap_generation:
+        return
+    require(
+        r.max_staleness >= 1,
+        "rollout.max_staleness",
+        "0 allows no stale token, and a window generated ahead is one version old: set it to 1 "
+        "or rollout.overlap_generation to false",
+    )
+    require(
+        config.algorithm.recompute_old_log_probs,
+        "algorithm.recompute_old_log_probs",
+        "rollout.overlap_generation trains on tokens of the previous weights, with pi_old "
+        "recomputed as the proximal policy: set it to true",
+    )
+    require(
+        d.rollout_workers == 0 and d.train_workers == 0,
+        "rollout.overlap_generation",
+        "runs with the in-process engine and learner only: set distributed.rollout_workers and "
+        "distributed.train_workers to 0",
+    )
 
 
 def check_registered(key: str, name: str, registry: Registry[Any]) -> None:

@@ -59,6 +59,26 @@ def stale_token_fraction(token_steps: Tensor, mask: Tensor, *, step: int) -> flo
     return int((mask & (token_steps < step)).sum()) / count
 
 
+def token_staleness(token_steps: Tensor, *, step: int, ahead: bool) -> Tensor:
+    """How many policy updates separate each token's generating weights from the ``pi_old`` of
+    ``step``: ``step - s`` for a token of window ``s``, plus one for windows generated ahead
+    (``rollout.overlap_generation``: window ``s > 0`` came from the weights of step ``s - 1``)."""
+    lag = (token_steps > 0).long() if ahead else torch.zeros_like(token_steps)
+    return step - token_steps + lag
+
+
+def staleness_stats(staleness: Tensor, mask: Tensor) -> dict[str, float]:
+    """``rollout/staleness_max`` and ``rollout/stale_token_frac`` (the share of tokens from older
+    weights than ``pi_old``) over the tokens under ``mask`` (NaN when it is empty)."""
+    count = int(mask.sum())
+    if count == 0:
+        return {"rollout/staleness_max": math.nan, "rollout/stale_token_frac": math.nan}
+    return {
+        "rollout/staleness_max": float(staleness[mask].max()),
+        "rollout/stale_token_frac": int((mask & (staleness > 0)).sum()) / count,
+    }
+
+
 def tail_advantage_stats(
     advantages: Tensor, response_mask: Tensor, token_steps: Tensor, tail_mask: Tensor, *, step: int
 ) -> dict[str, float]:

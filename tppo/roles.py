@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from transformers import PreTrainedModel
 
 from tppo.config import TPPOConfig
@@ -43,10 +45,13 @@ def build_rollout(config: TPPOConfig, learner: LearnerRole, vocabulary: Vocabula
     """The rollout role: in-process (``rollout_workers = 0``) or N Ray actors sharing the slots.
 
     In-process with an in-process learner, the engine samples from the very policy being trained
-    (syncing copies nothing); with remote training workers it holds a copy, synced every step.
+    (syncing copies nothing), or from a copy with ``rollout.overlap_generation``; with remote training
+    workers it holds a copy, synced every step.
     """
     if config.distributed.rollout_workers == 0:
         policy = learner.models.policy if isinstance(learner, Learner) else load_policy(config.model)
+        if config.rollout.overlap_generation and get_engine_factory(config.rollout.engine).samples_in_place:
+            policy = copy.deepcopy(policy)  # it generates while the learner updates its own
         return build_engine(config, policy, vocabulary, seed=config.trainer.seed)
     from tppo.distributed.ray_roles import RayRolloutGroup
 

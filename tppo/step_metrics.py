@@ -19,8 +19,10 @@ from tppo.diagnostics import (
     log_prob_gap,
     policy_versions,
     stale_token_fraction,
+    staleness_stats,
     summarize_errors,
     tail_advantage_stats,
+    token_staleness,
 )
 from tppo.engines.types import LENGTH, EngineStats
 from tppo.rollout.batch import RolloutBatch
@@ -48,6 +50,7 @@ def step_metrics(
     policy_skip_tail: int,
     recomputed_old_log_probs: bool = True,
     refilled: int = 0,
+    ahead: bool = False,
 ) -> dict[str, Any]:
     """Step ``step``'s rollout, token, reward, length, advantage and value figures, the updates'
     statistics (``actor/*``, ``critic/*``) and the truncation diagnostics (``diagnostics/*``).
@@ -70,6 +73,7 @@ def step_metrics(
         recomputed_old_log_probs: whether ``old_log_probs`` were recomputed by the trainer (then
             ``rollout/logprob_gap_abs_mean`` compares them with the engine's on this step's tokens).
         refilled: prompts that entered a slot within the step (``rollout.refill_within_step``).
+        ahead: windows are generated ahead, one policy version stale (``rollout.overlap_generation``).
     """
     lengths = [len(s.response_ids) for s in retired]
     metrics: dict[str, Any] = {
@@ -96,6 +100,9 @@ def step_metrics(
     )
     metrics.update({f"actor/{k}": v for k, v in actor.items()})
     metrics.update({f"critic/{k}": v for k, v in critic.items()})
+    if batch is not None:
+        staleness = token_staleness(batch.token_steps, step=step, ahead=ahead)
+        metrics.update(staleness_stats(staleness, batch.per_token["policy_mask"]))
     if batch is not None and recomputed_old_log_probs and "old_log_probs" in batch.per_token:
         # this step's tokens: the engine sampled them with the weights old_forward used
         this_step = batch.response_mask & (batch.token_steps == step)

@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from tppo.rewards import build_scorer
 from tppo.roles import build_learner, build_rollout
 from tppo.rollout.batch import RolloutBatch, collate
 from tppo.rollout.prompts import PromptStream
+from tppo.rollout.runner import WindowRunner
 from tppo.rollout.slot_pool import Slot, SlotPool
 from tppo.schedules import eval_due, expected_total_steps, lr_multiplier, run_progress
 from tppo.step_metrics import headline, step_metrics, worker_metrics
@@ -100,6 +101,17 @@ class Trainer:
         """Which responses train in each step (groups waiting for their last member, ...)."""
         self.sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
         self.engine = build_rollout(config, self.learner, self.vocabulary)
+        self.rollout = WindowRunner(
+            self.pool,
+            self.engine,
+            self.sampling,
+            self.vocabulary.eos_token_ids,
+            self.learner.policy_weights,
+            refill=r.refill_within_step,
+            overlap=r.overlap_generation,
+            max_staleness=r.max_staleness,
+        )
+        """Each step's window: generated in the step, or ahead while the previous one trains."""
         self.step = 0
         self.train_seconds = 0.0
         self.last_eval_s: float | None = None  # training seconds at the last evaluation
@@ -127,14 +139,13 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         """One step (Algorithm 1, lines 2-10, with the method's choices); returns its metrics."""
         timer, step = PhaseTimer(), self.step
-        with self._phase(timer, "fill"):
-            new_prompts = self.pool.fill(step)
-        active = self.pool.active()
-        with self._phase(timer, "sync"):
-            self.engine.update_weights(self.learner.policy_weights())
-        with self._phase(timer, "generate"):
-            active, refilled = self._generate(step, active)
-        with self._phase(timer, "reward"):
+
+        def phase(name: str) -> AbstractContextManager[None]:
+            return self._phase(timer, name)
+
+        window = self.rollout.window(step, phase)  # fill -> sync -> generate (or the one made ahead)
+        active = window.slots
+        with phase("reward"):
             scores, reward_problems = self._reward(active)
         finished = torch.tensor([slot.finished for slot in active], dtype=torch.bool)
         retired = self.pool.retire()
@@ -144,6 +155,8 @@ class Trainer:
             if train.slots
             else None
         )
+        if step + 1 < self.config.trainer.total_steps:
+            self.rollout.launch(step + 1, phase)  # overlap: the next window generates meanwhile
         actor: dict[str, float] = {"updates": 0.0}
         critic: dict[str, float] = {"updates": 0.0} if self.method.needs_critic else {}
         lr_factor = self._set_learning_rates()
@@ -171,16 +184,17 @@ class Trainer:
             finished=finished,
             active_scores=scores,
             step=step,
-            new_prompts=new_prompts,
-            prompts_consumed=self.pool.stream.position,
+            new_prompts=window.new_prompts,
+            prompts_consumed=window.prompts_consumed,
             num_slots=self.pool.num_slots,
-            engine=self.engine.pop_stats(),
+            engine=window.stats,
             actor=actor,
             critic=critic,
             gamma=a.gamma,
             policy_skip_tail=a.policy_skip_tail,
             recomputed_old_log_probs=a.recompute_old_log_probs,
-            refilled=refilled,
+            refilled=window.refilled,
+            ahead=self.config.rollout.overlap_generation,
         )
         metrics.update(train.metrics)
         metrics.update(timer.as_metrics())
@@ -196,19 +210,6 @@ class Trainer:
         crash_point(name, self.step)
         with timer(name):
             yield
-
-    def _generate(self, step: int, active: list[Slot]) -> tuple[list[Slot], int]:
-        """Continue every occupied slot by its window; returns the step's responses (with
-        ``rollout.refill_within_step``, also those that entered a slot freed within the window) and
-        how many entered so."""
-        eos = self.vocabulary.eos_token_ids
-        if self.config.rollout.refill_within_step:
-            window = self.pool.refilling(step, eos)
-            self.engine.generate_refilling(window.prefixes, window.budgets, self.sampling, window)
-            return window.slots, window.refilled
-        prefixes, budgets = self.pool.requests()
-        self.pool.record(step, self.engine.generate(prefixes, budgets, self.sampling), eos)
-        return active, 0
 
     def _reward(self, active: list[Slot]) -> tuple[torch.Tensor, tuple[int, int]]:
         """Scores ``Tensor[B]``: the outcome reward of finished slots (also kept as ``slot.score``),
@@ -266,6 +267,8 @@ class Trainer:
             top_p=e.top_p if e.top_p is not None else r.top_p,
             top_k=r.top_k,
         )
+        self.rollout.wait()  # the engine is free, and holds the weights being evaluated:
+        self.engine.update_weights(self.learner.policy_weights())
         state = self.engine.get_rng_state()
         self.engine.reseed(self.config.trainer.seed + 1)
         try:
@@ -427,6 +430,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "metrics_rows": self.metrics_rows,
             "bad_steps": dict(self.bad_steps),
+            "rollout": self.rollout.state_dict(),  # first: waits for the window generated ahead
             "pool": self.pool.state_dict(),
             "method": self.selector.state_dict(),
             "config": to_dict(self.config),
@@ -437,6 +441,7 @@ class Trainer:
         """Restore what :meth:`state_dict` returned (the config is checked, not loaded: see
         :func:`tppo.resume.check_resumable`)."""
         self.pool.load_state_dict(state["pool"])
+        self.rollout.load_state_dict(state.get("rollout") or {})
         self.selector.load_state_dict(state.get("method") or self.selector.state_dict())
         self.engine.set_rng_state(state[ENGINE_RNG])
         self.step, self.train_seconds = int(state["step"]), float(state["train_seconds"])
@@ -476,6 +481,7 @@ class Trainer:
 
     def close(self) -> None:
         """Release the roles (remote workers, engine processes, the reward worker)."""
+        self.rollout.close()
         self.engine.close()
         self.learner.close()
         self.scorer.close()

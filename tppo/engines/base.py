@@ -55,6 +55,10 @@ if TYPE_CHECKING:
 class Engine(abc.ABC):
     """A generation backend. Plug-in engines register themselves with :func:`register_engine`."""
 
+    samples_in_place: bool = False
+    """Whether the engine samples from the very model object it is built on (then, to generate
+    while that model trains, ``rollout.overlap_generation`` builds it on a copy)."""
+
     def __init__(self) -> None:
         self.stats = EngineStats()
 

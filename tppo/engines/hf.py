@@ -70,6 +70,8 @@ class HFEngine(SeededEngine):
             Raise it on a GPU.
     """
 
+    samples_in_place = True
+
     def __init__(
         self,
         model: PreTrainedModel,

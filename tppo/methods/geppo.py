@@ -86,6 +86,12 @@ class GePPOMethod(PPOMethod):
             "algorithm.recompute_old_log_probs",
             "algorithm.name=geppo needs pi_k's log-probs of the reused tokens: set it to true",
         )
+        require(
+            not config.rollout.overlap_generation,
+            "rollout.overlap_generation",
+            "algorithm.name=geppo weighs its own reused, off-policy tokens; it runs with synchronous "
+            "generation: set it to false",
+        )
 
     def selector(self, config: TPPOConfig) -> ReuseSelector:  # type: ignore[override]
         return ReuseSelector(config.algorithm.geppo_reuse_steps)

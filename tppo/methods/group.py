@@ -186,7 +186,7 @@ class GroupMethod:
 
     def surrogate(self, config: TPPOConfig) -> Surrogate:
         a = config.algorithm
-        if self.decoupled:
+        if self.decoupled or config.rollout.overlap_generation:  # tokens not from pi_old
             return decoupled_surrogate(
                 clip_eps_low=a.clip_eps_low,
                 clip_eps_high=a.clip_eps_high,

@@ -33,6 +33,7 @@ from tppo.update import (
     Surrogate,
     clipped_surrogate,
     decoupled_surrogate,
+    engine_log_probs_of,
     ewma_log_probs_of,
     old_log_probs_of,
 )
@@ -152,8 +153,13 @@ class PPOMethod:
         record_bootstraps(train.slots, batch)
 
     def surrogate(self, config: TPPOConfig) -> Surrogate:
+        """The clipped objective around ``pi_old``; decoupled when the proximal policy is not the one
+        that generated the tokens: PPO-EWMA's EWMA (behaviour ``pi_old``), or, with
+        ``rollout.overlap_generation``, ``pi_old`` (or the EWMA) over the engine's stale weights
+        (behaviour = the engine's log-probs, importance weights capped at ``algorithm.is_cap``)."""
         a = config.algorithm
-        if not self.needs_proximal:
+        ahead = config.rollout.overlap_generation
+        if not self.needs_proximal and not ahead:
             return clipped_surrogate(
                 clip_eps_low=a.clip_eps_low, clip_eps_high=a.clip_eps_high, dual_clip=a.dual_clip
             )
@@ -161,9 +167,9 @@ class PPOMethod:
             clip_eps_low=a.clip_eps_low,
             clip_eps_high=a.clip_eps_high,
             dual_clip=a.dual_clip,
-            is_cap=None,
-            proximal=ewma_log_probs_of,
-            behaviour=old_log_probs_of,
+            is_cap=a.is_cap if ahead else None,
+            proximal=ewma_log_probs_of if self.needs_proximal else old_log_probs_of,
+            behaviour=engine_log_probs_of if ahead else old_log_probs_of,
         )
 
 

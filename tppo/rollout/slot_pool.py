@@ -142,6 +142,7 @@ class SlotPool:
         """Everything needed to continue the unfinished responses exactly."""
         return {
             "slots": [None if s is None else slot_to_dict(s) for s in self.slots],
+            "left": [slot_to_dict(s) for s in self.left],
             "stream": self.stream.state_dict(),
         }
 
@@ -150,6 +151,7 @@ class SlotPool:
             raise ValueError(f"checkpoint has {len(state['slots'])} slots, this pool has {self.num_slots}")
         self.stream.load_state_dict(state["stream"])
         self.slots = [None if s is None else slot_from_dict(s) for s in state["slots"]]
+        self.left = [slot_from_dict(s) for s in state.get("left", [])]
 
 
 class Refilling:
