@@ -97,6 +97,7 @@ class Method:
 
 ROLLOUT_OPTIONS: dict[str, list[str]] = {
     "refill": ["rollout.refill_within_step=true"],
+    "overlap": ["rollout.overlap_generation=true"],
 }
 """``--methods`` suffixes (``tppo@128+refill``): the overrides each rollout option adds to a run."""
 
@@ -258,6 +259,8 @@ def run_summary(rows: Sequence[dict[str, Any]], num_slots: int, target: float | 
     steps = [r for r in rows if r.get("step", -1) >= 0 and "time/step_s" in r]
     evals = [r["eval/accuracy"] for r in rows if r.get("eval/accuracy") is not None]
     total = {key: sum(r.get(key) or 0.0 for r in steps) for key in (*PHASES, "time/step_s")}
+    # generation seconds by the engine's clock (also when it ran ahead, overlapped), else the phase's
+    engine_s = sum(r.get("time/engine_generate_s", r.get("time/generate_s")) or 0.0 for r in steps)
     generated = sum(r.get("rollout/generated_tokens", 0) for r in steps)
     decode_steps = sum(r.get("rollout/decode_steps", 0) for r in steps)
     finished = sum(r.get("rollout/finished", 0) for r in steps)
@@ -272,10 +275,10 @@ def run_summary(rows: Sequence[dict[str, Any]], num_slots: int, target: float | 
         "time_to_target_s": reached[0] if reached else None,
         "steps_to_target": reached[1] if reached else None,
         "finished_responses": finished,
-        "generated_tokens_per_s": generated / total["time/generate_s"] if total["time/generate_s"] else None,
+        "generated_tokens_per_s": generated / engine_s if engine_s else None,
         "slot_utilization": generated / (num_slots * decode_steps) if decode_steps else None,
         "decode_steps_per_finished": decode_steps / finished if finished else None,
-        "generate_s_per_finished": total["time/generate_s"] / finished if finished else None,
+        "generate_s_per_finished": engine_s / finished if finished else None,
         "step_s_mean": step_time / len(steps) if steps else None,
         "phase_share": {
             label: total[key] / step_time if step_time else None for key, label in PHASES.items()

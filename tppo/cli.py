@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         help=(
             "methods beside PPO: tppo@l, grpo, dapo, partial_rollout@l, ppo_ewma, geppo, vapo, each "
-            "optionally +refill (default: T-PPO at --windows)"
+            "optionally +refill and/or +overlap (default: T-PPO at --windows)"
         ),
     )
     bench.add_argument("--budget-s", type=float, help="training wall-clock per run (default: the config's)")

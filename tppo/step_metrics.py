@@ -86,6 +86,8 @@ def step_metrics(
         "rollout/generated_tokens": engine.generated_tokens,
         "rollout/decode_steps": engine.decode_steps,
         "rollout/slot_utilization": engine.generated_tokens / max(num_slots * engine.decode_steps, 1),
+        # the engine's own clock: the window's generation, in the step or ahead of it (overlap)
+        "time/engine_generate_s": engine.extra.get("generate_s", math.nan),
         "rollout/prompts_consumed": prompts_consumed,
         "reward/mean": float(active_scores[finished.to(active_scores.device)].mean())
         if finished.any()

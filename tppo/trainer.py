@@ -106,7 +106,7 @@ class Trainer:
             self.engine,
             self.sampling,
             self.vocabulary.eos_token_ids,
-            self.learner.policy_weights,
+            lambda: self.learner.policy_weights(),  # the learner of the moment (a rebuild replaces it)
             refill=r.refill_within_step,
             overlap=r.overlap_generation,
             max_staleness=r.max_staleness,
