@@ -3,6 +3,10 @@
     fill -> sync -> generate -> reward -> retire + select -> old_forward [-> proximal] [-> reference]
          -> estimate -> actor [-> critic] -> log
 
+With ``rollout.overlap_generation`` the first three phases of step ``j + 1`` run inside step ``j``,
+after its select and before its old_forward, the generation itself on a background thread beside
+the update (:mod:`tppo.rollout.runner`); step ``j + 1`` then starts by waiting for that window.
+
 The method (``algorithm.name``, :mod:`tppo.methods`) decides which responses the step trains on
 (``select``), their advantages (``estimate``) and the policy objective; the bracketed phases run
 when it needs them (an EWMA policy, a KL reference, a value model).
