@@ -126,6 +126,7 @@ def test_overlap_and_refill_with_vllm_train_on_the_previous_weights_tokens(tmp_p
         "rollout.vllm.kv_cache_memory_gib=0.0625",
         "rollout.refill_within_step=true",
         "rollout.window_length=16",
+        "trainer.num_threads=1",  # the rollout thread must run with it too (vLLM's CPU attention checks)
     ]
     trainer = Trainer(load_config(None, overrides), tmp_path)
     weights_at_start, rows = [], []

@@ -25,12 +25,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from tppo.engines.types import EngineStats, SamplingParams
 from tppo.rollout.slot_pool import Slot, SlotPool
 
 if TYPE_CHECKING:
-    import torch
-
     from tppo.engines.base import Engine
 
 Phase = Callable[[str], AbstractContextManager[None]]
@@ -96,7 +96,18 @@ class WindowRunner:
         self.pool, self.engine, self.sampling = pool, engine, sampling
         self.eos_token_ids = list(eos_token_ids)
         self.weights, self.refill, self.max_staleness = weights, refill, max_staleness
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="tppo-rollout") if overlap else None
+        # a new thread starts with OpenMP's default thread count (all cores), not the one torch was
+        # given (trainer.num_threads): give the rollout thread the same
+        self.executor = (
+            ThreadPoolExecutor(
+                1,
+                thread_name_prefix="tppo-rollout",
+                initializer=torch.set_num_threads,
+                initargs=(torch.get_num_threads(),),
+            )
+            if overlap
+            else None
+        )
         self.pending: Future[Window] | None = None
         self.ready: Window | None = None
 
