@@ -97,3 +97,15 @@ def tiny_qwen2_factory() -> Callable[..., Qwen2ForCausalLM]:
 def prefix_factory() -> Callable[..., list[list[int]]]:
     """:func:`make_prefixes` itself."""
     return make_prefixes
+
+
+def spy(trainer, method):
+    """Wrap ``trainer.learner.<method>`` (the real one runs) and record the batches it gets."""
+    seen, real = [], getattr(trainer.learner, method)
+
+    def wrapped(batch):
+        seen.append(batch)
+        return real(batch)
+
+    setattr(trainer.learner, method, wrapped)
+    return seen

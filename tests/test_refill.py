@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 
 import pytest
 import torch
-from conftest import SMALL_RUN
+from conftest import SMALL_RUN, spy
 
 from tppo.config import load_config
 from tppo.engines.base import Engine
@@ -112,22 +112,10 @@ def test_a_checkpoint_between_steps_holds_what_a_refilled_pool_needs():
     assert step(copy, engine, 1)[0] == step(pool, engine, 1)[0]
 
 
-pytestmark_slow = pytest.mark.slow
 REFILL = [*SMALL_RUN, "algorithm.ppo_epochs=2", "rollout.window_length=16", "rollout.refill_within_step=true"]
 
 
-def spy(trainer: Trainer, method: str) -> list:
-    seen, real = [], getattr(trainer.learner, method)
-
-    def wrapped(batch):
-        seen.append(batch)
-        return real(batch)
-
-    setattr(trainer.learner, method, wrapped)
-    return seen
-
-
-@pytestmark_slow
+@pytest.mark.slow
 def test_refilled_responses_are_this_steps_policy_tokens_and_value_responses(tmp_path):
     trainer = Trainer(load_config(None, REFILL), tmp_path)
     actor, critic = spy(trainer, "update_actor"), spy(trainer, "update_critic")
@@ -152,7 +140,7 @@ def test_refilled_responses_are_this_steps_policy_tokens_and_value_responses(tmp
     assert entered_and_finished > 0
 
 
-@pytestmark_slow
+@pytest.mark.slow
 def test_refill_keeps_the_slots_busier_than_waiting_for_the_next_step(tmp_path):
     def utilization(overrides: list[str]) -> float:
         trainer = Trainer(load_config(None, overrides), tmp_path / str(len(overrides)))

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import SMALL_RUN
+from conftest import SMALL_RUN, spy
 from transformers import AutoModelForCausalLM, AutoModelForTokenClassification
 
 from tppo.config import load_config
@@ -166,18 +166,6 @@ def test_truncation_diagnostics_are_logged_and_consistent(tmp_path):
         assert slot.bootstrap_positions == ends
     assert any(not math.isnan(r["diagnostics/tail_adv_abs_mean"]) for r in rows)
     assert all(not math.isnan(r["diagnostics/rest_adv_abs_mean"]) for r in rows)
-
-
-def spy(trainer, method):
-    """Wrap ``trainer.learner.<method>`` (the real one runs) and record the batches it gets."""
-    seen, real = [], getattr(trainer.learner, method)
-
-    def wrapped(batch):
-        seen.append(batch)
-        return real(batch)
-
-    setattr(trainer.learner, method, wrapped)
-    return seen
 
 
 def test_update_statistics_are_logged_and_mean_what_they_say(tmp_path):

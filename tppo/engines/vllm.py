@@ -179,17 +179,21 @@ class VLLMEngine(SeededEngine):
             )
             for i, output in zip(todo, outputs, strict=True):
                 completions[i] = self._completion(output.outputs[0], i)
+            self._sleep_if_configured()
         # vLLM schedules every live request in each decode step (K <= max_num_seqs): as many steps as
         # the longest continuation.
         lengths = [len(c.token_ids) for c in completions]
         self._after_generate(completions, decode_steps=max(lengths, default=0), started=started)
         return completions
 
-    def _after_generate(self, completions: list[Completion], *, decode_steps: int, started: float) -> None:
-        """Count a call's tokens, decode steps and seconds; put the LLM to sleep if so configured."""
-        if self.sleep_between_calls and not self.sleeping:
+    def _sleep_if_configured(self) -> None:
+        """After generating: put the LLM to sleep (GPU sleep mode) if so configured."""
+        if self.sleep_between_calls:
             self.llm.sleep(level=1)
             self.sleeping = True
+
+    def _after_generate(self, completions: list[Completion], *, decode_steps: int, started: float) -> None:
+        """Count a call's tokens, decode steps and seconds."""
         self.stats.generated_tokens += sum(len(c.token_ids) for c in completions)
         self.stats.decode_steps += decode_steps
         self.stats.extra["generate_s"] = self.stats.extra.get("generate_s", 0.0) + (
@@ -204,7 +208,8 @@ class VLLMEngine(SeededEngine):
         refill: Refill,
     ) -> list[Completion]:
         """:meth:`Engine.generate_refilling` in flight: the requests go into vLLM's running engine
-        (``LLM.enqueue``), the engine is stepped (``llm_engine.step``), and the request ``refill``
+        (``llm_engine.add_request``, with our own ids, which its outputs carry), the engine is
+        stepped (``llm_engine.step``), and the request ``refill``
         returns for a finished one is added at once, to be scheduled in the next engine step.
         ``decode_step`` is the number of engine steps run so far."""
         self._check_inputs(prefixes, max_new_tokens)
@@ -250,6 +255,7 @@ class VLLMEngine(SeededEngine):
         except BaseException:
             self.llm.llm_engine.abort_request(list(ids))  # leave no request behind in the engine
             raise
+        self._sleep_if_configured()
         self._after_generate(completions, decode_steps=steps, started=started)
         return completions
 

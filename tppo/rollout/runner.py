@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -128,10 +128,7 @@ class WindowRunner:
                     f"rollout.max_staleness={self.max_staleness} updates ago"
                 )
             return window
-        with phase("fill"):
-            new_prompts = self.pool.fill(step)
-        with phase("sync"):
-            self.engine.update_weights(self.weights())
+        new_prompts = self._fill_and_sync(step, phase)
         with phase("generate"):
             return self._generate(step, new_prompts, version=step)
 
@@ -140,11 +137,17 @@ class WindowRunner:
         (those of step ``step - 1``) and start generating its window in the background."""
         if self.executor is None:
             return
+        new_prompts = self._fill_and_sync(step, phase)
+        self.pending = self.executor.submit(self._generate, step, new_prompts, step - 1)
+
+    def _fill_and_sync(self, step: int, phase: Phase) -> int:
+        """Fill the free slots for step ``step`` and sync the learner's weights into the engine;
+        returns how many prompts the fill took."""
         with phase("fill"):
             new_prompts = self.pool.fill(step)
         with phase("sync"):
             self.engine.update_weights(self.weights())
-        self.pending = self.executor.submit(self._generate, step, new_prompts, step - 1)
+        return new_prompts
 
     def wait(self) -> Window | None:
         """The window generated ahead, once it is done (``None`` when there is none): before a
@@ -182,11 +185,7 @@ class WindowRunner:
                 "refilled": window.refilled,
                 "version": window.version,
                 "prompts_consumed": window.prompts_consumed,
-                "stats": {
-                    "generated_tokens": window.stats.generated_tokens,
-                    "decode_steps": window.stats.decode_steps,
-                    "extra": dict(window.stats.extra),
-                },
+                "stats": asdict(window.stats),
                 "rows": [self._where(slot) for slot in window.slots],
             }
         }
