@@ -9,6 +9,7 @@ import pytest
 from tppo.bench import (
     BenchSpec,
     analyze,
+    bench_command,
     expected_batch_max,
     ideal_generation_speedup,
     mean_and_spread,
@@ -231,6 +232,20 @@ def test_tiny_bench_writes_every_file_and_resumes(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["target_accuracy"] == 2.0 and summary["target_rule"] == "given"
     assert all(s["mean"] is None for s in summary["speedup_to_target"].values())
+
+
+def test_first_seed_shifts_the_seeds_and_the_command_says_so(tmp_path, monkeypatch):
+    seen: list[BenchSpec] = []
+
+    def fake_run_bench(spec: BenchSpec) -> dict:
+        seen.append(spec)
+        return {"speedup_to_target": {}}
+
+    monkeypatch.setattr("tppo.bench.run_bench", fake_run_bench)
+    main(["bench", *TINY, "--output-dir", str(tmp_path), "--seeds", "2", "--first-seed", "3"])
+    assert seen[0].seeds == [3, 4]
+    assert "--seeds 2 --first-seed 3" in bench_command(seen[0])
+    assert "--first-seed" not in bench_command(BenchSpec(config=None, seeds=[0, 1]))
 
 
 def test_bench_spec_refuses_bad_config_before_training(tmp_path):

@@ -510,6 +510,8 @@ def bench_command(spec: BenchSpec) -> str:
     if spec.config:
         parts += ["--config", spec.config]
     parts += ["--output-dir", str(spec.output_dir), "--seeds", str(len(spec.seeds))]
+    if spec.seeds and spec.seeds[0] != 0:
+        parts += ["--first-seed", str(spec.seeds[0])]
     if spec.windows:
         parts += ["--windows", *map(str, spec.windows)]
     if spec.methods:

@@ -94,6 +94,7 @@ def _bench(args: argparse.Namespace) -> int:
     from tppo.bench import BenchSpec, run_bench
 
     require(args.seeds >= 1, "--seeds", f"must be >= 1, got {args.seeds}")
+    require(args.first_seed >= 0, "--first-seed", f"must be >= 0, got {args.first_seed}")
     require(args.budget_s is None or args.budget_s > 0, "--budget-s", f"must be > 0, got {args.budget_s}")
     require(args.target is None or args.target >= 0, "--target", f"must be >= 0, got {args.target}")
     if args.eval_every_seconds is not None:  # checked with the config: trainer.eval_every_seconds
@@ -103,7 +104,7 @@ def _bench(args: argparse.Namespace) -> int:
         config=args.config,
         overrides=args.overrides,
         output_dir=Path(args.output_dir),
-        seeds=list(range(args.seeds)),
+        seeds=list(range(args.first_seed, args.first_seed + args.seeds)),
         windows=args.windows or [],
         methods=args.methods or [],
         budget_s=args.budget_s,
@@ -176,7 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--output-dir", default="runs/bench", help="report directory (resumes a bench cut short)"
     )
-    bench.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1, each method once per seed")
+    bench.add_argument("--seeds", type=int, default=3, help="how many seeds; each method runs once per seed")
+    bench.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="the seeds are first..first+N-1 (default 0): extend a bench, or split one over processes",
+    )
     bench.add_argument("--windows", type=int, nargs="*", help="T-PPO windows l (default L/8 L/4 L/2)")
     bench.add_argument(
         "--methods",
