@@ -14,6 +14,7 @@ from tppo.engines.base import Engine
 from tppo.engines.types import LENGTH, STOP, Completion, SamplingParams
 from tppo.rollout.prompts import PromptRow, PromptStream
 from tppo.rollout.slot_pool import SlotPool
+from tppo.roofline import context_token_sum, rollout_cost
 from tppo.trainer import Trainer
 
 EOS = 99
@@ -138,6 +139,35 @@ def test_refilled_responses_are_this_steps_policy_tokens_and_value_responses(tmp
         assert torch.equal(value_rows, batch.is_finished)
         entered_and_finished += int(whole.sum())
     assert entered_and_finished > 0
+
+
+def expected_context_tokens(batch, step: int) -> int:
+    """Each row's context tokens over its decode steps in ``step``, from the batch alone: it entered
+    the step with its prompt and the tokens of earlier steps, and generated those marked ``step``."""
+    prompt = batch.attention_mask[:, : batch.prompt_width].sum(dim=1)
+    before = (batch.response_mask & (batch.token_steps < step)).sum(dim=1)
+    generated = (batch.response_mask & (batch.token_steps == step)).sum(dim=1)
+    return sum(
+        context_token_sum(int(p + b), int(g)) for p, b, g in zip(prompt, before, generated, strict=True)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("refill", [True, False], ids=["refill", "no_refill"])
+def test_the_rollout_roofline_counts_every_rows_context_once(tmp_path, refill):
+    trainer = Trainer(load_config(None, REFILL if refill else REFILL[:-1]), tmp_path)
+    actor = spy(trainer, "update_actor")
+    rows = [trainer.train_step() for _ in range(2)]
+    assert not refill or sum(r["rollout/refilled"] for r in rows) > 0
+    for k, (row, batch) in enumerate(zip(rows, actor, strict=True)):
+        assert row["rollout/context_tokens"] == expected_context_tokens(batch, k) > 0
+        cost = rollout_cost(
+            trainer.decode_shape,
+            decode_steps=row["rollout/decode_steps"],
+            row_steps=row["rollout/generated_tokens"],
+            context_tokens=int(row["rollout/context_tokens"]),
+        )
+        assert row["rollout/flops_per_byte"] == pytest.approx(cost.intensity) and cost.intensity > 0
 
 
 @pytest.mark.slow

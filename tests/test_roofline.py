@@ -11,11 +11,14 @@ from tppo.roofline import (
     DecodeCost,
     ModelShape,
     attainable_flops,
+    context_token_sum,
     decode_arithmetic_intensity,
     decode_step_cost,
     model_shape,
     ridge_intensity,
     rollout_arithmetic_intensity,
+    rollout_cost,
+    rollout_roofline_metrics,
 )
 
 # One layer, hidden 4, 2 query heads and 1 key/value head of size 2, gated MLP of width 8, vocab 10,
@@ -42,6 +45,33 @@ def test_decode_step_cost_by_hand():
     assert cost == DecodeCost(flops=896, weight_bytes=368, kv_read_bytes=64, kv_write_bytes=16)
     assert cost.bytes == 448
     assert decode_arithmetic_intensity(TINY, [3, 5]) == 2.0
+
+
+def test_context_token_sum_by_hand():
+    # a prefix of 3 and 4 generated tokens: contexts 3, 4, 5, 6 -> 18
+    assert context_token_sum(3, 4) == 18
+    assert context_token_sum(7, 0) == 0 and context_token_sum(0, 1) == 0
+    with pytest.raises(ValueError, match=">= 0"):
+        context_token_sum(-1, 2)
+
+
+def test_rollout_cost_from_totals_equals_the_sum_of_its_steps():
+    # rows with prefixes 3, 5, 2 generating 4, 1, 0 tokens: steps 0..3 with live rows
+    # step 0: contexts [3, 5]; steps 1-3: [4], [5], [6]
+    steps = [[3, 5], [4], [5], [6]]
+    summed = [sum(values) for values in zip(*(decode_step_cost(TINY, s) for s in steps), strict=True)]
+    totals = rollout_cost(
+        TINY,
+        decode_steps=4,
+        row_steps=5,
+        context_tokens=context_token_sum(3, 4) + context_token_sum(5, 1) + context_token_sum(2, 0),
+    )
+    assert list(totals) == summed
+    metrics = rollout_roofline_metrics(TINY, decode_steps=4, row_steps=5, context_tokens=23)
+    assert metrics["rollout/flops_per_byte"] == pytest.approx(rollout_arithmetic_intensity(TINY, steps))
+    assert metrics["rollout/decode_flops"] == summed[0] and metrics["rollout/decode_bytes"] == sum(summed[1:])
+    unknown = rollout_roofline_metrics(TINY, decode_steps=4, row_steps=5, context_tokens=float("nan"))
+    assert all(value != value for value in unknown.values())
 
 
 def test_no_live_rows_is_an_empty_step():

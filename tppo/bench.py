@@ -170,15 +170,22 @@ def run_config(spec: BenchSpec, method: Method, seed: int) -> TPPOConfig:
     return load_config(spec.config, overrides)
 
 
+def checked_methods(spec: BenchSpec) -> list[Method]:
+    """The bench's methods (PPO first), every run's config built and checked: a bad one is refused
+    before the first run trains."""
+    base = load_config(spec.config, spec.overrides, validate=False)  # each method sets its window
+    L = base.rollout.max_response_length
+    chosen = parse_methods(spec.methods, L) if spec.methods else methods(L, spec.windows)
+    for method in chosen:
+        check_names(run_config(spec, method, spec.seeds[0]))
+    return chosen
+
+
 def run_bench(spec: BenchSpec) -> dict[str, Any]:
     """Train every (method, seed) not already done, then analyze and write the report."""
     from tppo.trainer import Trainer  # heavy imports only when training
 
-    base = load_config(spec.config, spec.overrides, validate=False)  # each method sets its window
-    L = base.rollout.max_response_length
-    chosen = parse_methods(spec.methods, L) if spec.methods else methods(L, spec.windows)
-    for method in chosen:  # refuse a bad config before the first run trains
-        check_names(run_config(spec, method, spec.seeds[0]))
+    chosen = checked_methods(spec)
     total = len(chosen) * len(spec.seeds)
     index = 0
     started = time.perf_counter()
@@ -290,7 +297,20 @@ def run_summary(rows: Sequence[dict[str, Any]], num_slots: int, target: float | 
         "stale_value_token_frac": _mean_of(steps, "diagnostics/stale_value_token_frac"),
         "tail_adv_abs_mean": _mean_of(steps, "diagnostics/tail_adv_abs_mean"),
         "rest_adv_abs_mean": _mean_of(steps, "diagnostics/rest_adv_abs_mean"),
+        "live_rows_mean": generated / decode_steps if decode_steps else None,
+        "flops_per_byte": _ratio_of_sums(steps, "rollout/decode_flops", "rollout/decode_bytes"),
     }
+
+
+def _ratio_of_sums(rows: Sequence[dict[str, Any]], top: str, bottom: str) -> float | None:
+    """``sum(top) / sum(bottom)`` over the rows that logged both (finite); ``None`` when none did."""
+    pairs = [(r[top], r[bottom]) for r in rows if _finite(r.get(top)) and _finite(r.get(bottom))]
+    denominator = sum(b for _, b in pairs)
+    return sum(t for t, _ in pairs) / denominator if denominator else None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def _mean_of(rows: Sequence[dict[str, Any]], key: str) -> float | None:
@@ -319,6 +339,8 @@ METHOD_FIGURES = (
     "stale_value_token_frac",
     "tail_adv_abs_mean",
     "rest_adv_abs_mean",
+    "live_rows_mean",
+    "flops_per_byte",
 )
 """Per-run figures a method's summary gives as mean and spread over its seeds."""
 
@@ -431,10 +453,14 @@ def _num_slots(run_dir: Path) -> int:
 # ---------------------------------------------------------------------------- report
 def write_report(spec: BenchSpec, summary: dict[str, Any]) -> Path:
     """Figures and ``report.md`` in ``spec.output_dir``."""
-    from tppo.plotting import plot_bench
-
     out = spec.output_dir
-    figures = plot_bench(out, summary)
+    try:
+        from tppo.plotting import plot_bench
+    except ImportError as error:  # a machine without matplotlib (the GPU plan): tables only
+        print(f"figures skipped: {error}", flush=True)
+        figures: list[Path] = []
+    else:
+        figures = plot_bench(out, summary)
     lines = [
         "# T-PPO vs PPO",
         "",
@@ -482,6 +508,7 @@ def write_report(spec: BenchSpec, summary: dict[str, Any]) -> Path:
             f"{_fmt(summary['measured_generation_speedup'][name], 2)} | "
             f"{_num(summary['s_gen_fraction'][name], 2)} |"
         )
+    lines += roofline_lines(summary)
     lines += [
         "",
         "## Truncation-bias diagnostics (T-PPO runs, means over steps and seeds)",
@@ -503,6 +530,31 @@ def write_report(spec: BenchSpec, summary: dict[str, Any]) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def roofline_lines(summary: dict[str, Any]) -> list[str]:
+    """The report's rollout-roofline table (paper Figure 5): live rows per decode step and FLOPs per
+    byte of generation per method, when the runs logged them (``rollout/decode_flops``)."""
+    methods = summary["methods"]
+    if not any((m.get("flops_per_byte") or {}).get("mean") for m in methods.values()):
+        return []
+    lines = [
+        "",
+        "## Rollout roofline",
+        "",
+        "Arithmetic intensity of generation: FLOPs over bytes moved (weights once per decode step, "
+        "KV cache read and written) summed over every decode step, from the logged live rows and "
+        "context lengths and the policy's config (`tppo.roofline`); `roofline.png` puts them on the "
+        "H200's and H800's roofs (and this CPU's, with `cpu_roof.json` from "
+        "`benchmarks/roofline_cpu.py --json`).",
+        "",
+        "| method | live rows per decode step | FLOPs / byte |",
+        "|---|---|---|",
+    ]
+    for method in methods.values():
+        live, intensity = _fmt(method["live_rows_mean"], 1), _fmt(method["flops_per_byte"], 1)
+        lines.append(f"| {method['label']} | {live} | {intensity} |")
+    return lines
 
 
 def bench_command(spec: BenchSpec) -> str:

@@ -92,24 +92,34 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from tppo.bench import BenchSpec, run_bench
+    from tppo.bench_plan import dry_run, read_plan
 
-    require(args.seeds >= 1, "--seeds", f"must be >= 1, got {args.seeds}")
-    require(args.first_seed >= 0, "--first-seed", f"must be >= 0, got {args.first_seed}")
-    require(args.budget_s is None or args.budget_s > 0, "--budget-s", f"must be > 0, got {args.budget_s}")
-    require(args.target is None or args.target >= 0, "--target", f"must be >= 0, got {args.target}")
-    if args.eval_every_seconds is not None:  # checked with the config: trainer.eval_every_seconds
-        args.overrides = [*args.overrides, f"trainer.eval_every_seconds={args.eval_every_seconds}"]
+    plan = read_plan(args.config)  # the file's bench: section; each option given overrides its key
+    seeds = plan.seeds if args.seeds is None else args.seeds
+    first_seed = plan.first_seed if args.first_seed is None else args.first_seed
+    budget_s = plan.budget_s if args.budget_s is None else args.budget_s
+    target = plan.target if args.target is None else args.target
+    every = plan.eval_every_seconds if args.eval_every_seconds is None else args.eval_every_seconds
+    require(seeds >= 1, "--seeds", f"must be >= 1, got {seeds}")
+    require(first_seed >= 0, "--first-seed", f"must be >= 0, got {first_seed}")
+    require(budget_s is None or budget_s > 0, "--budget-s", f"must be > 0, got {budget_s}")
+    require(target is None or target >= 0, "--target", f"must be >= 0, got {target}")
+    if every is not None:  # checked with the config: trainer.eval_every_seconds
+        args.overrides = [*args.overrides, f"trainer.eval_every_seconds={every}"]
     check_config(load_config(args.config, args.overrides, validate=False))  # each run sets its window
     spec = BenchSpec(
         config=args.config,
         overrides=args.overrides,
         output_dir=Path(args.output_dir),
-        seeds=list(range(args.first_seed, args.first_seed + args.seeds)),
-        windows=args.windows or [],
-        methods=args.methods or [],
-        budget_s=args.budget_s,
-        target_accuracy=args.target,
+        seeds=list(range(first_seed, first_seed + seeds)),
+        windows=plan.windows if args.windows is None else args.windows,
+        methods=plan.methods if args.methods is None else args.methods,
+        budget_s=budget_s,
+        target_accuracy=target,
     )
+    if args.dry_run:
+        dry_run(spec, plan)
+        return 0
     summary = run_bench(spec)  # refuses a bad config before anything trains
     for name, speedup in summary["speedup_to_target"].items():
         label = summary["methods"][name]["label"]
@@ -177,12 +187,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--output-dir", default="runs/bench", help="report directory (resumes a bench cut short)"
     )
-    bench.add_argument("--seeds", type=int, default=3, help="how many seeds; each method runs once per seed")
+    bench.add_argument(
+        "--seeds", type=int, help="how many seeds, each method once per seed (default: bench.seeds, 3)"
+    )
     bench.add_argument(
         "--first-seed",
         type=int,
-        default=0,
         help="the seeds are first..first+N-1 (default 0): extend a bench, or split one over processes",
+    )
+    bench.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check every run's config, print the plan (methods, seeds, budget, device time), train nothing",
     )
     bench.add_argument("--windows", type=int, nargs="*", help="T-PPO windows l (default L/8 L/4 L/2)")
     bench.add_argument(

@@ -546,6 +546,11 @@ class TPPOConfig:
         )
 
 
+SIDE_SECTIONS = ("bench",)
+"""Top-level sections of a config file that a command reads beside the training config and
+:func:`load_config` leaves out: ``bench`` (the plan of ``tppo bench``, :class:`tppo.bench_plan.BenchPlan`)."""
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | None = None, *, validate: bool = True
 ) -> TPPOConfig:
@@ -557,7 +562,7 @@ def load_config(
     :func:`tppo.config_checks.check_config`, which every command and the trainer call before anything
     loads; it lives apart because the registries it reads depend on this module.
     """
-    config = load_structured(TPPOConfig, path, parse_overrides(overrides or []))
+    config = load_structured(TPPOConfig, path, parse_overrides(overrides or []), skip=SIDE_SECTIONS)
     if validate:
         config.validate()
     return config

@@ -107,10 +107,14 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_structured(cls: type[T], path: str | Path | None, overrides: dict[str, Any]) -> T:
-    """Defaults of ``cls``, then the YAML file at ``path``, then ``overrides``; types and field
-    constraints checked (:func:`from_dict`, :func:`check_fields`)."""
-    data = merge(read_yaml(path) if path is not None else {}, overrides)
+def load_structured(
+    cls: type[T], path: str | Path | None, overrides: dict[str, Any], *, skip: tuple[str, ...] = ()
+) -> T:
+    """Defaults of ``cls``, then the YAML file at ``path`` (less its top-level sections named in
+    ``skip``, which other readers own), then ``overrides``; types and field constraints checked
+    (:func:`from_dict`, :func:`check_fields`)."""
+    loaded = read_yaml(path) if path is not None else {}
+    data = merge({k: v for k, v in loaded.items() if k not in skip}, overrides)
     config = from_dict(cls, data)
     check_fields(config)
     return config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from tppo.metrics import PHASES, read_metrics
+from tppo.roofline import ACCELERATORS, Accelerator, attainable_flops, ridge_intensity
 
 
 def _series(
@@ -87,7 +89,48 @@ def plot_bench(report_dir: Path, summary: dict) -> list[Path]:
         _plot_lengths(runs, style, report_dir / "lengths.png"),
         _plot_diagnostics(runs, style, report_dir / "diagnostics.png"),
         _plot_forest(summary, style, report_dir / "forest.png"),
+        *_plot_roofline(summary, style, report_dir / "roofline.png", report_dir / CPU_ROOF_FILE),
     ]
+
+
+CPU_ROOF_FILE = "cpu_roof.json"
+"""In a bench's report directory: this CPU's roof (``benchmarks/roofline_cpu.py --json``), drawn
+beside the named accelerators' in ``roofline.png`` when present."""
+
+
+def _plot_roofline(summary: dict, style: _Style, path: Path, cpu_file: Path) -> list[Path]:
+    """Paper Figure 5: each method's rollout arithmetic intensity (``flops_per_byte``) on the roofs of
+    the H200, the H800 and (when measured) this CPU; nothing when no run logged it."""
+    points = {
+        name: method["flops_per_byte"]["mean"]
+        for name, method in summary["methods"].items()
+        if (method.get("flops_per_byte") or {}).get("mean")
+    }
+    if not points:
+        return []
+    roofs = [ACCELERATORS.get("H200"), ACCELERATORS.get("H800")]
+    if cpu_file.exists():
+        cpu = json.loads(cpu_file.read_text())
+        roofs.append(
+            Accelerator("this CPU", cpu["matmul_gflops"] * 1e9, cpu["copy_gb_s"] * 1e9, cpu["command"])
+        )
+    low = min(min(points.values()), *(ridge_intensity(r) for r in roofs)) / 4
+    high = max(max(points.values()), *(ridge_intensity(r) for r in roofs)) * 4
+    grid = [low * (high / low) ** (i / 200) for i in range(201)]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for roof, dash in zip(roofs, ("-", "--", ":"), strict=False):
+        ax.plot(grid, [attainable_flops(x, roof) for x in grid], color="grey", ls=dash, label=roof.name)
+        for name, x in points.items():
+            ax.plot([x], [attainable_flops(x, roof)], "o", color=style.colors[name])
+    for name, x in points.items():
+        ax.axvline(x, color=style.colors[name], lw=1, alpha=0.6, label=f"{style.labels[name]}: {x:.0f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rollout arithmetic intensity (FLOPs / byte)")
+    ax.set_ylabel("attainable FLOP/s")
+    ax.set_title("rollout roofline (decode steps, from the logged live rows and contexts)")
+    ax.legend(fontsize=7)
+    return [_save(fig, path)]
 
 
 def _plot_forest(summary: dict, style: _Style, path: Path) -> Path:

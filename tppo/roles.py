@@ -19,7 +19,8 @@ from tppo.engines import get_engine_factory
 from tppo.engines.base import Engine
 from tppo.learner import Learner, LearnerRole
 from tppo.methods import get_method
-from tppo.models import Models, Vocabulary, load_models, load_policy
+from tppo.models import DTYPES, Models, Vocabulary, load_models, load_policy, resolve_model_path
+from tppo.roofline import ModelShape, model_shape
 
 
 def build_engine(config: TPPOConfig, policy: PreTrainedModel, vocabulary: Vocabulary, *, seed: int) -> Engine:
@@ -56,3 +57,14 @@ def build_rollout(config: TPPOConfig, learner: LearnerRole, vocabulary: Vocabula
     from tppo.distributed.ray_roles import RayRolloutGroup
 
     return RayRolloutGroup(config)
+
+
+def decode_shape(config: TPPOConfig) -> ModelShape:
+    """The policy's :class:`~tppo.roofline.ModelShape` (from its ``config.json``) in the dtype the
+    rollout generates in (vLLM's ``dtype`` when set, else ``model.dtype``): the input of the
+    rollout's roofline figures."""
+    from transformers import AutoConfig
+
+    dtype = (config.rollout.engine == "vllm" and config.rollout.vllm.dtype) or config.model.dtype
+    hf_config = AutoConfig.from_pretrained(resolve_model_path(config.model.policy_path))
+    return model_shape(hf_config, dtype_bytes=DTYPES[dtype].itemsize)

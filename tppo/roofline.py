@@ -220,3 +220,46 @@ def attainable_flops(intensity: float, accelerator: Accelerator) -> float:
     if intensity < 0:
         raise ValueError(f"intensity must be >= 0, got {intensity}")
     return min(accelerator.peak_flops, intensity * accelerator.memory_bandwidth)
+
+
+def context_token_sum(prefix_length: int, generated: int) -> int:
+    """Sum over a row's ``generated`` decode steps of the tokens in its KV cache before each step:
+    ``prefix_length + t`` for ``t = 0..generated-1``, i.e. ``g * p + g * (g - 1) / 2``."""
+    if prefix_length < 0 or generated < 0:
+        raise ValueError(f"prefix_length and generated must be >= 0, got {prefix_length}, {generated}")
+    return generated * prefix_length + generated * (generated - 1) // 2
+
+
+def rollout_cost(shape: ModelShape, *, decode_steps: int, row_steps: int, context_tokens: int) -> DecodeCost:
+    """:func:`decode_step_cost` summed over a generation from three totals, which is exact because
+    every term is linear in the rows or in their contexts: ``decode_steps`` steps with a live row
+    (each reads the weights once), ``row_steps`` live rows summed over the steps (the generated
+    tokens), ``context_tokens`` their context lengths summed (:func:`context_token_sum` per row)."""
+    if min(decode_steps, row_steps, context_tokens) < 0:
+        raise ValueError(f"totals must be >= 0, got {decode_steps}, {row_steps}, {context_tokens}")
+    layers, kv_width = shape.num_layers, shape.num_kv_heads * shape.head_dim
+    return DecodeCost(
+        flops=2 * row_steps * shape.matrix_params()
+        + layers * 4 * shape.num_heads * shape.head_dim * (context_tokens + row_steps),
+        weight_bytes=decode_steps * shape.matrix_params() * shape.dtype_bytes,
+        kv_read_bytes=layers * 2 * kv_width * context_tokens * shape.dtype_bytes,
+        kv_write_bytes=layers * row_steps * 2 * kv_width * shape.dtype_bytes,
+    )
+
+
+def rollout_roofline_metrics(
+    shape: ModelShape, *, decode_steps: int, row_steps: int, context_tokens: float
+) -> dict[str, float]:
+    """A step's ``rollout/decode_flops``, ``rollout/decode_bytes`` and ``rollout/flops_per_byte``
+    (:func:`rollout_cost`); NaNs when the context count is unknown (an engine that did not count it)."""
+    if context_tokens != context_tokens:  # NaN
+        nan = float("nan")
+        return {"rollout/decode_flops": nan, "rollout/decode_bytes": nan, "rollout/flops_per_byte": nan}
+    cost = rollout_cost(
+        shape, decode_steps=decode_steps, row_steps=row_steps, context_tokens=int(context_tokens)
+    )
+    return {
+        "rollout/decode_flops": float(cost.flops),
+        "rollout/decode_bytes": float(cost.bytes),
+        "rollout/flops_per_byte": cost.intensity,
+    }

@@ -27,6 +27,7 @@ from tppo.diagnostics import (
 from tppo.engines.types import LENGTH, EngineStats
 from tppo.rollout.batch import RolloutBatch
 from tppo.rollout.slot_pool import Slot
+from tppo.roofline import ModelShape, rollout_roofline_metrics
 
 DIAGNOSTIC_TAIL = 8
 """Tokens at each window edge whose advantages ``diagnostics/tail_adv_*`` report when
@@ -51,6 +52,7 @@ def step_metrics(
     recomputed_old_log_probs: bool = True,
     refilled: int = 0,
     ahead: bool = False,
+    decode_shape: ModelShape | None = None,
 ) -> dict[str, Any]:
     """Step ``step``'s rollout, token, reward, length, advantage and value figures, the updates'
     statistics (``actor/*``, ``critic/*``) and the truncation diagnostics (``diagnostics/*``).
@@ -74,6 +76,8 @@ def step_metrics(
             ``rollout/logprob_gap_abs_mean`` compares them with the engine's on this step's tokens).
         refilled: prompts that entered a slot within the step (``rollout.refill_within_step``).
         ahead: windows are generated ahead, one policy version stale (``rollout.overlap_generation``).
+        decode_shape: the policy's shape: with it, the rollout's roofline figures
+            (``rollout/decode_flops``, ``rollout/decode_bytes``, ``rollout/flops_per_byte``).
     """
     lengths = [len(s.response_ids) for s in retired]
     metrics: dict[str, Any] = {
@@ -86,6 +90,7 @@ def step_metrics(
         "rollout/generated_tokens": engine.generated_tokens,
         "rollout/decode_steps": engine.decode_steps,
         "rollout/slot_utilization": engine.generated_tokens / max(num_slots * engine.decode_steps, 1),
+        "rollout/context_tokens": engine.extra.get("context_tokens", math.nan),
         # the engine's own clock: the window's generation, in the step or ahead of it (overlap)
         "time/engine_generate_s": engine.extra.get("generate_s", math.nan),
         "rollout/prompts_consumed": prompts_consumed,
@@ -97,6 +102,15 @@ def step_metrics(
         "response_length/values": lengths,
     }
     metrics.update({k: v for k, v in engine.extra.items() if k.startswith("faults/")})
+    if decode_shape is not None:
+        metrics.update(
+            rollout_roofline_metrics(
+                decode_shape,
+                decode_steps=engine.decode_steps,
+                row_steps=engine.generated_tokens,
+                context_tokens=engine.extra.get("context_tokens", math.nan),
+            )
+        )
     metrics.update(
         training_metrics(batch, retired, step=step, gamma=gamma, policy_skip_tail=policy_skip_tail)
     )

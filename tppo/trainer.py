@@ -45,7 +45,7 @@ from tppo.models import Models, load_vocabulary
 from tppo.recovery import restartable, train_with_restarts
 from tppo.resume import ENGINE_RNG, load_checkpoint, save_checkpoint
 from tppo.rewards import build_scorer
-from tppo.roles import build_learner, build_rollout
+from tppo.roles import build_learner, build_rollout, decode_shape
 from tppo.rollout.batch import RolloutBatch, collate
 from tppo.rollout.prompts import PromptStream
 from tppo.rollout.runner import WindowRunner
@@ -104,6 +104,7 @@ class Trainer:
         self.selector = self.method.selector(config)
         """Which responses train in each step (groups waiting for their last member, ...)."""
         self.sampling = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
+        self.decode_shape = decode_shape(config)  # the rollout's roofline figures
         self.engine = build_rollout(config, self.learner, self.vocabulary)
         self.rollout = WindowRunner(
             self.pool,
@@ -199,6 +200,7 @@ class Trainer:
             recomputed_old_log_probs=a.recompute_old_log_probs,
             refilled=window.refilled,
             ahead=self.config.rollout.overlap_generation,
+            decode_shape=self.decode_shape,
         )
         metrics.update(train.metrics)
         metrics.update(timer.as_metrics())

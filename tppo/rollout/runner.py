@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from tppo.engines.types import EngineStats, SamplingParams
+from tppo.engines.types import Completion, EngineStats, Refill, Request, SamplingParams
 from tppo.rollout.slot_pool import Slot, SlotPool
+from tppo.roofline import context_token_sum
 
 if TYPE_CHECKING:
     from tppo.engines.base import Engine
@@ -161,15 +162,23 @@ class WindowRunner:
         if self.refill:
             refilling = self.pool.refilling(step, self.eos_token_ids)
             prefixes, budgets = refilling.prefixes, refilling.budgets
-            self.engine.generate_refilling(prefixes, budgets, self.sampling, refilling)
-            slots, refilled = refilling.slots, refilling.refilled
+            counted = _ContextCount(refilling, prefixes)
+            self.engine.generate_refilling(prefixes, budgets, self.sampling, counted)
+            slots, refilled, context_tokens = refilling.slots, refilling.refilled, counted.total
         else:
             slots = self.pool.active()
             prefixes, budgets = self.pool.requests()
-            self.pool.record(step, self.engine.generate(prefixes, budgets, self.sampling), self.eos_token_ids)
+            completions = self.engine.generate(prefixes, budgets, self.sampling)
+            self.pool.record(step, completions, self.eos_token_ids)
             refilled = 0
+            context_tokens = sum(
+                context_token_sum(len(p), len(c.token_ids))
+                for p, c in zip(prefixes, completions, strict=True)
+            )
         position = self.pool.stream.position
-        return Window(step, slots, new_prompts, refilled, version, position, self.engine.pop_stats())
+        stats = self.engine.pop_stats()
+        stats.extra["context_tokens"] = float(context_tokens)  # the roofline's input (tppo.roofline)
+        return Window(step, slots, new_prompts, refilled, version, position, stats)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -224,3 +233,22 @@ class WindowRunner:
         if self.executor is not None:
             self.wait()
             self.executor.shutdown()
+
+
+class _ContextCount:
+    """A refill that passes every call on to ``inner`` and sums, over the rows, the context tokens of
+    their decode steps (:func:`tppo.roofline.context_token_sum`): rows are numbered as
+    :data:`~tppo.engines.types.Refill` says (the prefixes, then the refills in the order returned),
+    and each row is offered once, when its completion is final."""
+
+    def __init__(self, inner: Refill, prefixes: Sequence[Sequence[int]]) -> None:
+        self.inner = inner
+        self.prefix_lengths = [len(p) for p in prefixes]
+        self.total = 0
+
+    def __call__(self, row: int, completion: Completion, decode_step: int) -> Request | None:
+        self.total += context_token_sum(self.prefix_lengths[row], len(completion.token_ids))
+        request = self.inner(row, completion, decode_step)
+        if request is not None:
+            self.prefix_lengths.append(len(request.prefix))
+        return request
