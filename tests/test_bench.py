@@ -182,6 +182,7 @@ def test_tiny_bench_writes_every_file_and_resumes(tmp_path, capsys):
         "lengths.png",
         "diagnostics.png",
         "forest.png",
+        "roofline.png",
     ):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
@@ -199,6 +200,10 @@ def test_tiny_bench_writes_every_file_and_resumes(tmp_path, capsys):
             assert low <= entry[key]["mean"] <= high, key
     ppo = summary["methods"]["ppo"]
     assert ppo["reached_target"] == 2 and len(ppo["runs"]) == 2
+    # the rollout roofline: every run logged its decode FLOPs and bytes
+    for method in summary["methods"].values():
+        assert method["flops_per_byte"]["n"] == 2 and method["flops_per_byte"]["mean"] > 0
+        assert 0 < method["live_rows_mean"]["mean"] <= 8
     run = ppo["runs"]["0"]
     assert run["steps"] == 3 and 0 < run["slot_utilization"] <= 1
     assert sum(share for share in run["phase_share"].values()) <= 1.0
@@ -221,6 +226,7 @@ def test_tiny_bench_writes_every_file_and_resumes(tmp_path, capsys):
         and "S_gen" in report
         and "![accuracy](accuracy.png)" in report
         and "## Against PPO, paired by seed" in report
+        and "## Rollout roofline" in report
     )
 
     # a second call keeps finished runs and only re-analyzes (here with an unreachable target)
