@@ -11,6 +11,7 @@ import random
 import pytest
 
 from tppo.tasks import TASKS, Example, extract_answer, get_task
+from tppo.tasks.base import stratified_held_out
 from tppo.tasks.collatz import ALPHABET, CollatzTask
 from tppo.tasks.lcg import ALPHABET as LCG_ALPHABET
 from tppo.tasks.lcg import LcgTask
@@ -184,3 +185,27 @@ def test_cap_is_respected_with_a_small_cap() -> None:
     assert max(len(example.solution) for example in task.examples(300, seed=0)) <= 60
     with pytest.raises(ValueError):
         CollatzTask(max_start=1)
+
+
+def test_stratified_split_holds_one_in_five_of_every_stretch_by_hand() -> None:
+    # ten prompts whose keys order them p0 < p1 < ... < p9: positions 2 and 7 are held out
+    keys = {f"p{i}": (i // 2,) for i in range(10)}
+    assert stratified_held_out(keys) == {"p2", "p7"}
+
+
+def test_collatz_held_out_split_covers_every_range_of_response_lengths() -> None:
+    from tppo.data import draw_split
+
+    task = CollatzTask()
+    held = draw_split(task, size=512, seed=1, held_out=True)
+    train = draw_split(task, size=512, seed=0, held_out=False)
+    assert not {e.prompt for e in held} & {e.prompt for e in train}
+    lengths = sorted(len(e.solution) for e in train)
+    quintiles = [lengths[len(lengths) * q // 5] for q in range(1, 5)]
+    strata = [
+        sum(1 for e in held if sum(len(e.solution) > edge for edge in quintiles) == k) for k in range(5)
+    ]
+    # every fifth of the training lengths, the shortest included, is evaluated on
+    assert all(count >= 40 for count in strata), strata
+    shortest = min(lengths)
+    assert any(len(e.solution) <= 2 * shortest for e in held)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from dataclasses import dataclass
@@ -16,17 +15,9 @@ from tppo.tasks import Example, Task, get_task
 
 log = logging.getLogger(__name__)
 
-HELD_OUT_SHARE = 5
-"""One prompt in this many (by a stable hash of its text) is held out for evaluation."""
-
 
 def tokenize_prompt(tokenizer: PreTrainedTokenizerBase, text: str) -> tuple[int, ...]:
     return tuple(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def is_held_out(prompt: str) -> bool:
-    """Stable split of a task's prompt space: the same prompt is always on the same side."""
-    return int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") % HELD_OUT_SHARE == 0
 
 
 def draw_split(task: Task, *, size: int, seed: int, held_out: bool) -> list[Example]:
@@ -37,7 +28,7 @@ def draw_split(task: Task, *, size: int, seed: int, held_out: bool) -> list[Exam
         if len(examples) == size:
             return examples
         example = task.sample(rng)
-        if is_held_out(example.prompt) == held_out:
+        if task.is_held_out(example) == held_out:
             examples.append(example)
     key, side = ("data.eval_size", "held-out") if held_out else ("data.train_size", "training")
     raise DataError(f"{key}: task {task.name!r}: could not draw {size} {side} prompts")

@@ -4,8 +4,9 @@ share, and the task registry (:data:`TASKS`)."""
 from __future__ import annotations
 
 import abc
+import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tppo.registry import Registry
@@ -39,10 +40,34 @@ class Task(abc.ABC):
     def reward(self, response: str, ground_truth: str) -> float:
         """Outcome reward of a response text (EOS stripped): 1.0 if correct else 0.0."""
 
+    def is_held_out(self, example: Example) -> bool:
+        """Which side of the train / held-out split ``example`` is on, the same every time: by
+        default one prompt in :data:`HELD_OUT_SHARE`, by a stable hash of its text
+        (:func:`hashed_held_out`). A task whose hard or easy prompts are few overrides it so that
+        the held-out side holds some of each (collatz: stratified by response length)."""
+        return hashed_held_out(example.prompt)
+
     def examples(self, n: int, seed: int) -> list[Example]:
         """``n`` examples drawn from ``random.Random(seed)``: the same list for the same seed."""
         rng = random.Random(seed)
         return [self.sample(rng) for _ in range(n)]
+
+
+HELD_OUT_SHARE = 5
+"""One prompt in this many is held out for evaluation."""
+
+
+def hashed_held_out(prompt: str) -> bool:
+    """The default split of a task's prompt space: a stable hash of the prompt's text."""
+    return int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") % HELD_OUT_SHARE == 0
+
+
+def stratified_held_out(keys: Mapping[str, tuple[int, ...]]) -> frozenset[str]:
+    """Prompts held out one in :data:`HELD_OUT_SHARE` along their order by ``keys[prompt]`` (ties
+    broken by the prompt): every stretch of that order (every range of response lengths, say) has
+    its share held out, and which ones does not depend on anything but the keys."""
+    ordered = sorted(keys, key=lambda prompt: (keys[prompt], prompt))
+    return frozenset(p for i, p in enumerate(ordered) if i % HELD_OUT_SHARE == HELD_OUT_SHARE // 2)
 
 
 EOS_STRING = "<eos>"

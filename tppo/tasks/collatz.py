@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import random
 
-from tppo.tasks.base import Example, Task, final_answer_reward, register_task
+from tppo.tasks.base import Example, Task, final_answer_reward, register_task, stratified_held_out
 
 ALPHABET = "0123456789=;#"
 
@@ -71,6 +71,7 @@ class CollatzTask(Task):
         self.max_start = max_start
         self.max_response_chars = max_response_chars
         self.echo_start = echo_start
+        self._held_out: frozenset[str] | None = None
 
     def prompt(self, start: int) -> str:
         return to_lsd(start) + "="
@@ -95,6 +96,20 @@ class CollatzTask(Task):
             if len(example.solution) <= self.max_response_chars:
                 return example
         raise RuntimeError("no start found within max_response_chars; raise the cap")
+
+    def is_held_out(self, example: Example) -> bool:
+        """Held out one start in five along the order of response lengths
+        (:func:`~tppo.tasks.base.stratified_held_out`): short trajectories are few (log-uniform
+        starts from a small range), and a hashed split can leave none of them to evaluate on."""
+        if self._held_out is None:
+            lengths = {n: len(self.solution(n)) for n in range(2, self.max_start + 1)}
+            drawn = {
+                self.prompt(n): (length,)
+                for n, length in lengths.items()
+                if length <= self.max_response_chars
+            }
+            self._held_out = stratified_held_out(drawn)
+        return example.prompt in self._held_out
 
     def reward(self, response: str, ground_truth: str) -> float:
         """1.0 iff the final answer (after the last ``#``) is right: :func:`final_answer_reward`."""
