@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 
 import pytest
 
-from tppo.bench import (
-    BenchSpec,
-    analyze,
-    bench_command,
-    expected_batch_max,
-    ideal_generation_speedup,
-    mean_and_spread,
-    methods,
-    run_bench,
-    time_to_target,
-    write_report,
-)
+from tppo.bench import BenchSpec, analyze, bench_command, methods, run_bench, write_report
+from tppo.bench_report import expected_batch_max, ideal_generation_speedup, mean_and_spread, time_to_target
 from tppo.cli import main
 from tppo.metrics import read_metrics
 
@@ -171,9 +163,11 @@ def test_analysis_says_not_significant_when_the_seeds_disagree(tmp_path) -> None
 def test_tiny_bench_writes_every_file_and_resumes(tmp_path, capsys):
     out = tmp_path / "bench"
     argv = ["bench", *TINY, "--output-dir", str(out), "--seeds", "2", "--windows", "8", "16"]
-    assert main(argv) == 0
+    assert main([*argv, "--jobs", "2"]) == 0  # two runs at a time, each a process pinned to a core
     printed = capsys.readouterr().out
     assert "T-PPO (l = 8): speed-up to accuracy" in printed and "report:" in printed
+    assert "[1/6] PPO (l = L = 32), seed 0: started on core" in printed
+    assert (out / "logs" / "tppo_l8_seed1.log").exists() and (out / "configs" / "ppo_seed0.yaml").exists()
     for name in (
         "report.md",
         "summary.json",
@@ -257,3 +251,35 @@ def test_first_seed_shifts_the_seeds_and_the_command_says_so(tmp_path, monkeypat
 def test_bench_spec_refuses_bad_config_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"rollout\.window_lenght"):
         run_bench(BenchSpec(config=None, overrides=["rollout.window_lenght=3"], output_dir=tmp_path))
+
+
+def test_pinned_jobs_run_side_by_side_each_on_its_own_core(tmp_path):
+    from tppo.bench_jobs import Job, JobFailed, run_pinned, usable_cores
+
+    cores = usable_cores(2)
+    script = (
+        "import os, sys, time; time.sleep(1.0); "
+        "print(sorted(os.sched_getaffinity(0)), time.time(), os.environ['TAG'])"
+    )
+    jobs = [
+        Job(f"job{i}", [sys.executable, "-c", script], tmp_path / f"job{i}.log", {"TAG": f"t{i}"})
+        for i in range(len(cores))
+    ]
+    finished: list[str] = []
+    started = time.perf_counter()
+    run_pinned(jobs, cores, lambda job: finished.append(job.label), poll_s=0.05)
+    elapsed = time.perf_counter() - started
+    assert sorted(finished) == [job.label for job in jobs]
+    seen = [(job.log.read_text().split(" ", 1)) for job in jobs]
+    # each job ran on exactly the core it was given, with its own environment
+    assert [json.loads(affinity) for affinity, _ in seen] == [[core] for core in cores]
+    assert [rest.split()[-1] for _, rest in seen] == [f"t{i}" for i in range(len(cores))]
+    if len(cores) == 2:  # side by side: both sleeps overlap
+        assert elapsed < 2 * 1.0 + 0.9, elapsed
+
+    failing = Job("bad", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "bad.log", {})
+    slow = Job("slow", [sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "slow.log", {})
+    started = time.perf_counter()
+    with pytest.raises(JobFailed, match=r"bad exited with code 3; its log: .*bad\.log"):
+        run_pinned([slow, failing], cores, lambda job: None, poll_s=0.05)
+    assert time.perf_counter() - started < 20  # the slow one was killed, not waited for

@@ -28,6 +28,9 @@ def test_evaluations_and_device_time_by_hand():
     assert evaluations_per_run(40, None, 5) is None and evaluations_per_run(40, None, 0) == 0
     # 6 runs of (20 s start + 40 s + 3 x 6 s)
     assert estimated_device_seconds(6, 40, 3, start_s=20, eval_s=6) == 468
+    # two at a time: 3 rounds; 5 runs two at a time: 3 rounds too
+    assert estimated_device_seconds(6, 40, 3, start_s=20, eval_s=6, jobs=2) == 234
+    assert estimated_device_seconds(5, 40, 3, start_s=20, eval_s=6, jobs=2) == 234
 
 
 def test_the_plan_section_is_read_and_left_out_of_the_training_config():

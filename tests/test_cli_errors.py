@@ -167,6 +167,7 @@ def test_eval_refuses_missing_or_malformed_data_before_the_model_loads(tmp_path,
     [
         (["--seeds", "0"], "--seeds: must be >= 1"),
         (["--first-seed", "-1"], "--first-seed: must be >= 0"),
+        (["--jobs", "0"], "--jobs: must be >= 1"),
         (["--budget-s", "0"], "--budget-s: must be > 0"),
         (["--target", "-0.5"], "--target: must be >= 0"),
         (["--windows", "9999"], "--windows: 9999 must be in"),

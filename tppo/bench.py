@@ -22,18 +22,29 @@ The analysis is a pure function of the runs' ``metrics.jsonl`` files (:func:`ana
 from __future__ import annotations
 
 import json
-import math
-import random
 import shutil
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tppo.bench_report import vs_baseline, vs_ppo_lines
-from tppo.config import ConfigError, TPPOConfig, load_config
+from tppo.bench_jobs import Job, run_pinned, usable_cores
+from tppo.bench_report import fmt_number as _num
+from tppo.bench_report import fmt_spread as _fmt
+from tppo.bench_report import (
+    ideal_generation_speedup,
+    mean_and_spread,
+    response_lengths,
+    roofline_lines,
+    run_summary,
+    trained_evals,
+    vs_baseline,
+    vs_ppo_lines,
+)
+from tppo.config import ConfigError, TPPOConfig, load_config, save_config
 from tppo.config_checks import check_names
 from tppo.metrics import PHASES, read_metrics
 
@@ -55,6 +66,8 @@ class BenchSpec:
         budget_s: training wall-clock per run (``trainer.max_wall_seconds``; ``None``: the config's).
         target_accuracy: the accuracy whose time-to-reach is compared (``None``: the highest
             accuracy that every run reached).
+        jobs: runs at a time, each a ``tppo train`` process pinned to a core of its own
+            (:mod:`tppo.bench_jobs`); 1: one after another, in this process.
     """
 
     config: str | None
@@ -65,6 +78,7 @@ class BenchSpec:
     methods: list[str] = field(default_factory=list)
     budget_s: float | None = None
     target_accuracy: float | None = None
+    jobs: int = 1
 
 
 @dataclass
@@ -182,144 +196,88 @@ def checked_methods(spec: BenchSpec) -> list[Method]:
 
 
 def run_bench(spec: BenchSpec) -> dict[str, Any]:
-    """Train every (method, seed) not already done, then analyze and write the report."""
-    from tppo.trainer import Trainer  # heavy imports only when training
-
+    """Train every (method, seed) not already done (``spec.jobs`` at a time), then analyze and
+    write the report."""
     chosen = checked_methods(spec)
-    total = len(chosen) * len(spec.seeds)
-    index = 0
-    started = time.perf_counter()
-    for seed in spec.seeds:  # seed-major: a bench cut short still compares every method
-        for method in chosen:
-            index += 1
-            run_dir = spec.output_dir / "runs" / method.name / f"seed{seed}"
-            if (run_dir / DONE_MARKER).exists():
-                print(f"[{index}/{total}] {method.label}, seed {seed}: done before, kept", flush=True)
-                continue
-            if run_dir.exists():
-                shutil.rmtree(run_dir)  # a run cut short restarts from scratch
-            config = run_config(spec, method, seed)
-            elapsed = time.perf_counter() - started
-            print(f"[{index}/{total}] {method.label}, seed {seed} (bench so far {elapsed:.0f} s)", flush=True)
-            trainer = Trainer(config, run_dir)
-            try:
-                trainer.train()
-            finally:
-                trainer.close()  # remote workers (distributed.*) go with their run
-            (run_dir / DONE_MARKER).write_text(json.dumps({"method": method.name, "seed": seed}))
+    todo = pending_runs(spec, chosen)
+    if spec.jobs > 1:
+        _train_pinned(spec, todo)
+    else:
+        _train_here(spec, todo)
     summary = analyze(spec.output_dir, chosen, spec.seeds, target_accuracy=spec.target_accuracy)
     write_report(spec, summary)
     return summary
 
 
-# ---------------------------------------------------------------------------- pure analysis
-def trained_evals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The evaluations made after training began (the base model's, at step -1, left out)."""
-    return [r for r in rows if r.get("eval/accuracy") is not None and r.get("step", -1) >= 0]
+@dataclass(frozen=True)
+class PendingRun:
+    """A (method, seed) still to train: its place in the bench (``[index/total]``) and directory."""
+
+    index: int
+    total: int
+    method: Method
+    seed: int
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"[{self.index}/{self.total}] {self.method.label}, seed {self.seed}"
+
+    def mark_done(self) -> None:
+        (self.run_dir / DONE_MARKER).write_text(json.dumps({"method": self.method.name, "seed": self.seed}))
 
 
-def time_to_target(rows: Sequence[dict[str, Any]], target: float) -> tuple[float, int] | None:
-    """Training seconds and steps to the first evaluation after training began at or above
-    ``target`` (None: never). The base model's own evaluation does not count: a target it already
-    meets says nothing about the speed of training."""
-    for row in trained_evals(rows):
-        if row["eval/accuracy"] >= target:
-            return float(row.get("time/train_elapsed_s", 0.0)), int(row["step"]) + 1
-    return None
+def pending_runs(spec: BenchSpec, chosen: Sequence[Method]) -> list[PendingRun]:
+    """The runs not done yet, seed-major (a bench cut short still compares every method); a run
+    cut short is removed, to restart from scratch; finished ones are kept (and said so)."""
+    out, total = [], len(chosen) * len(spec.seeds)
+    for index, (seed, method) in enumerate(((s, m) for s in spec.seeds for m in chosen), start=1):
+        run = PendingRun(index, total, method, seed, spec.output_dir / "runs" / method.name / f"seed{seed}")
+        if (run.run_dir / DONE_MARKER).exists():
+            print(f"{run.label}: done before, kept", flush=True)
+            continue
+        if run.run_dir.exists():
+            shutil.rmtree(run.run_dir)
+        out.append(run)
+    return out
 
 
-def mean_and_spread(values: Sequence[float]) -> dict[str, float | int | None]:
-    """Mean, sample standard deviation, min and max (None where there are no values)."""
-    clean = [v for v in values if v is not None and not math.isnan(v)]
-    if not clean:
-        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
-    return {
-        "mean": statistics.fmean(clean),
-        "std": statistics.stdev(clean) if len(clean) > 1 else 0.0,
-        "min": min(clean),
-        "max": max(clean),
-        "n": len(clean),
-    }
+def _train_here(spec: BenchSpec, todo: Sequence[PendingRun]) -> None:
+    from tppo.trainer import Trainer  # heavy imports only when training
+
+    started = time.perf_counter()
+    for run in todo:
+        config = run_config(spec, run.method, run.seed)
+        print(f"{run.label} (bench so far {time.perf_counter() - started:.0f} s)", flush=True)
+        trainer = Trainer(config, run.run_dir)
+        try:
+            trainer.train()
+        finally:
+            trainer.close()  # remote workers (distributed.*) go with their run
+        run.mark_done()
 
 
-def expected_batch_max(lengths: Sequence[int], batch_size: int, *, draws: int = 4000, seed: int = 0) -> float:
-    """``E[max of batch_size lengths]``, by resampling the measured lengths."""
-    if not lengths:
-        raise ValueError("no response lengths to estimate E[max] from")
-    rng = random.Random(seed)
-    return statistics.fmean(max(rng.choices(lengths, k=batch_size)) for _ in range(draws))
+def _train_pinned(spec: BenchSpec, todo: Sequence[PendingRun]) -> None:
+    """Each run as ``tppo train`` in a process of its own, pinned to a core (:mod:`tppo.bench_jobs`);
+    its config is written to ``configs/`` and its output to ``logs/`` under the report directory."""
+    jobs, runs = [], {}
+    for run in todo:
+        config = run_config(spec, run.method, run.seed)
+        path = spec.output_dir / "configs" / f"{run.method.name}_seed{run.seed}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_config(config, path)
+        argv = [sys.executable, "-c", "from tppo.cli import main; raise SystemExit(main())", "train"]
+        argv += ["--config", str(path), "--output-dir", str(run.run_dir), "--overwrite"]
+        log = spec.output_dir / "logs" / f"{run.method.name}_seed{run.seed}.log"
+        jobs.append(Job(run.label, argv, log, {"OMP_NUM_THREADS": str(config.trainer.num_threads)}))
+        runs[run.label] = run
+    started = time.perf_counter()
 
+    def done(job: Job) -> None:
+        runs[job.label].mark_done()
+        print(f"{job.label}: done (bench so far {time.perf_counter() - started:.0f} s)", flush=True)
 
-def ideal_generation_speedup(lengths: Sequence[int], *, window: int, batch_size: int) -> float:
-    """``S_gen = E[max over a batch of L] / (l * E[ceil(L / l)])``, from measured lengths ``L``.
-
-    Synchronous batching spends the batch's longest response in decode steps for every ``batch_size``
-    responses; successive batching spends ``l`` decode steps per window and each response occupies
-    ``ceil(L / l)`` windows of its slot.
-    """
-    windows_per_response = statistics.fmean(math.ceil(max(length, 1) / window) for length in lengths)
-    return expected_batch_max(lengths, batch_size) / (window * windows_per_response)
-
-
-def run_summary(rows: Sequence[dict[str, Any]], num_slots: int, target: float | None) -> dict[str, Any]:
-    """Per-run figures from its metrics rows."""
-    steps = [r for r in rows if r.get("step", -1) >= 0 and "time/step_s" in r]
-    evals = [r["eval/accuracy"] for r in rows if r.get("eval/accuracy") is not None]
-    total = {key: sum(r.get(key) or 0.0 for r in steps) for key in (*PHASES, "time/step_s")}
-    # generation seconds by the engine's clock (also when it ran ahead, overlapped), else the phase's
-    engine_s = sum(r.get("time/engine_generate_s", r.get("time/generate_s")) or 0.0 for r in steps)
-    generated = sum(r.get("rollout/generated_tokens", 0) for r in steps)
-    decode_steps = sum(r.get("rollout/decode_steps", 0) for r in steps)
-    finished = sum(r.get("rollout/finished", 0) for r in steps)
-    reached = time_to_target(rows, target) if target is not None else None
-    step_time = total["time/step_s"]
-    return {
-        "steps": len(steps),
-        "train_seconds": float(steps[-1].get("time/train_elapsed_s", step_time)) if steps else 0.0,
-        "base_accuracy": evals[0] if evals else None,
-        "final_accuracy": evals[-1] if evals else None,
-        "peak_accuracy": max(evals) if evals else None,
-        "time_to_target_s": reached[0] if reached else None,
-        "steps_to_target": reached[1] if reached else None,
-        "finished_responses": finished,
-        "generated_tokens_per_s": generated / engine_s if engine_s else None,
-        "slot_utilization": generated / (num_slots * decode_steps) if decode_steps else None,
-        "decode_steps_per_finished": decode_steps / finished if finished else None,
-        "generate_s_per_finished": engine_s / finished if finished else None,
-        "step_s_mean": step_time / len(steps) if steps else None,
-        "phase_share": {
-            label: total[key] / step_time if step_time else None for key, label in PHASES.items()
-        },
-        "phase_s_mean": {label: total[key] / len(steps) if steps else None for key, label in PHASES.items()},
-        "bootstrap_error_abs": _mean_of(steps, "diagnostics/bootstrap_error_abs"),
-        "bootstrap_error_signed": _mean_of(steps, "diagnostics/bootstrap_error_signed"),
-        "policy_versions_mean": _mean_of(steps, "diagnostics/policy_versions_mean"),
-        "stale_value_token_frac": _mean_of(steps, "diagnostics/stale_value_token_frac"),
-        "tail_adv_abs_mean": _mean_of(steps, "diagnostics/tail_adv_abs_mean"),
-        "rest_adv_abs_mean": _mean_of(steps, "diagnostics/rest_adv_abs_mean"),
-        "live_rows_mean": generated / decode_steps if decode_steps else None,
-        "flops_per_byte": _ratio_of_sums(steps, "rollout/decode_flops", "rollout/decode_bytes"),
-    }
-
-
-def _ratio_of_sums(rows: Sequence[dict[str, Any]], top: str, bottom: str) -> float | None:
-    """``sum(top) / sum(bottom)`` over the rows that logged both (finite); ``None`` when none did."""
-    pairs = [(r[top], r[bottom]) for r in rows if _finite(r.get(top)) and _finite(r.get(bottom))]
-    denominator = sum(b for _, b in pairs)
-    return sum(t for t, _ in pairs) / denominator if denominator else None
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
-def _mean_of(rows: Sequence[dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in rows if r.get(key) is not None and not math.isnan(r[key])]
-    return statistics.fmean(values) if values else None
-
-
-def _lengths(rows: Sequence[dict[str, Any]]) -> list[int]:
-    return [length for r in rows for length in r.get("response_length/values") or []]
+    run_pinned(jobs, usable_cores(spec.jobs), done)
 
 
 METHOD_FIGURES = (
@@ -361,7 +319,7 @@ def analyze(
         runs[key].update(extra)  # accuracy_at_budget and auc, at the comparison's budget_s
 
     ppo = chosen[0]
-    ppo_lengths = [length for seed in seeds for length in _lengths(rows.get((ppo.name, seed), []))]
+    ppo_lengths = [length for seed in seeds for length in response_lengths(rows.get((ppo.name, seed), []))]
     ppo_slots = next((slots[ppo.name, s] for s in seeds if (ppo.name, s) in slots), None)
     out: dict[str, Any] = {
         "seeds": list(seeds),
@@ -532,31 +490,6 @@ def write_report(spec: BenchSpec, summary: dict[str, Any]) -> Path:
     return path
 
 
-def roofline_lines(summary: dict[str, Any]) -> list[str]:
-    """The report's rollout-roofline table (paper Figure 5): live rows per decode step and FLOPs per
-    byte of generation per method, when the runs logged them (``rollout/decode_flops``)."""
-    methods = summary["methods"]
-    if not any((m.get("flops_per_byte") or {}).get("mean") for m in methods.values()):
-        return []
-    lines = [
-        "",
-        "## Rollout roofline",
-        "",
-        "Arithmetic intensity of generation: FLOPs over bytes moved (weights once per decode step, "
-        "KV cache read and written) summed over every decode step, from the logged live rows and "
-        "context lengths and the policy's config (`tppo.roofline`); `roofline.png` puts them on the "
-        "H200's and H800's roofs (and this CPU's, with `cpu_roof.json` from "
-        "`benchmarks/roofline_cpu.py --json`).",
-        "",
-        "| method | live rows per decode step | FLOPs / byte |",
-        "|---|---|---|",
-    ]
-    for method in methods.values():
-        live, intensity = _fmt(method["live_rows_mean"], 1), _fmt(method["flops_per_byte"], 1)
-        lines.append(f"| {method['label']} | {live} | {intensity} |")
-    return lines
-
-
 def bench_command(spec: BenchSpec) -> str:
     parts = ["tppo bench", *spec.overrides]  # before the options: --windows takes a list
     if spec.config:
@@ -573,16 +506,3 @@ def bench_command(spec: BenchSpec) -> str:
     if spec.target_accuracy is not None:
         parts += ["--target", f"{spec.target_accuracy:g}"]
     return " ".join(parts)
-
-
-def _fmt(stats: dict[str, Any] | None, digits: int) -> str:
-    if not stats or stats.get("mean") is None:
-        return "n/a"
-    if stats.get("n", 1) <= 1:
-        return f"{stats['mean']:.{digits}f}"
-    mean, std, low, high = (f"{stats[k]:.{digits}f}" for k in ("mean", "std", "min", "max"))
-    return f"{mean} ± {std} [{low}, {high}]"
-
-
-def _num(value: float | None, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"

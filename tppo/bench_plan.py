@@ -84,14 +84,19 @@ def evaluations_per_run(budget_s: float, every_s: float | None, every_steps: int
 
 
 def estimated_device_seconds(
-    runs: int, budget_s: float, evaluations: int, *, start_s: float, eval_s: float
+    runs: int, budget_s: float, evaluations: int, *, start_s: float, eval_s: float, jobs: int = 1
 ) -> float:
-    """Runs one after another: ``runs * (start_s + budget_s + evaluations * eval_s)``."""
-    return runs * (start_s + budget_s + evaluations * eval_s)
+    """``jobs`` runs at a time: ``ceil(runs / jobs) * (start_s + budget_s + evaluations * eval_s)``."""
+    return math.ceil(runs / jobs) * (start_s + budget_s + evaluations * eval_s)
 
 
 def plan_lines(
-    labels: list[str], seeds: list[int], config: TPPOConfig, plan: BenchPlan, budget_s: float | None
+    labels: list[str],
+    seeds: list[int],
+    config: TPPOConfig,
+    plan: BenchPlan,
+    budget_s: float | None,
+    jobs: int = 1,
 ) -> tuple[list[str], float | None]:
     """What ``--dry-run`` prints, and the estimated device seconds (``None``: no wall-clock budget,
     or evaluations on a step schedule, so no estimate)."""
@@ -100,7 +105,8 @@ def plan_lines(
     lines = [
         f"methods ({len(labels)}): {', '.join(labels)}",
         f"seeds ({len(seeds)}): {', '.join(map(str, seeds))}",
-        f"runs: {runs}, one after another, model.device={config.model.device} "
+        f"runs: {runs}, {'one after another' if jobs == 1 else f'{jobs} at a time'}, "
+        f"model.device={config.model.device} "
         f"({resolve_device(config.model.device)} here)",
     ]
     if budget_s is None:
@@ -118,10 +124,11 @@ def plan_lines(
         else "evaluations: none"
     )
     estimate = estimated_device_seconds(
-        runs, budget_s, evaluations, start_s=plan.assumed_start_s, eval_s=plan.assumed_eval_s
+        runs, budget_s, evaluations, start_s=plan.assumed_start_s, eval_s=plan.assumed_eval_s, jobs=jobs
     )
     lines.append(
-        f"estimated device time: {estimate:.0f} s = {runs} x ({plan.assumed_start_s:g} s start + "
+        f"estimated device time: {estimate:.0f} s = {math.ceil(runs / jobs)} x "
+        f"({plan.assumed_start_s:g} s start + "
         f"{budget_s:g} s training + {evaluations} x {plan.assumed_eval_s:g} s evaluation), "
         "the start and evaluation seconds assumed (bench.assumed_start_s, bench.assumed_eval_s)"
     )
@@ -134,7 +141,7 @@ def dry_run(spec: BenchSpec, plan: BenchPlan) -> float | None:
     chosen = checked_methods(spec)
     config = run_config(spec, chosen[0], spec.seeds[0])
     budget = spec.budget_s if spec.budget_s is not None else config.trainer.max_wall_seconds
-    lines, estimate = plan_lines([m.label for m in chosen], spec.seeds, config, plan, budget)
+    lines, estimate = plan_lines([m.label for m in chosen], spec.seeds, config, plan, budget, spec.jobs)
     print(f"plan of tppo bench --config {spec.config} (nothing is trained: --dry-run)")
     for line in lines:
         print(f"  {line}")

@@ -1,16 +1,22 @@
-"""The bench's paired comparison against PPO: accuracy curves from metrics rows, the analysis
-budget, ``summary.json``'s ``vs_ppo`` and its table in ``report.md``.
+"""The bench's analysis of its runs, pure functions of their metrics rows: each run's figures
+(:func:`run_summary`: accuracy, time to target, generation, phases, diagnostics, the rollout
+roofline), the ideal generation speed-up, the paired comparison against PPO (accuracy curves, the
+analysis budget, ``summary.json``'s ``vs_ppo``) and the Markdown of the report's tables.
 
-The statistics are :mod:`tppo.bench_stats`; this module turns a bench's runs (metrics rows by
-``(method, seed)``) into their curves and the summary into Markdown.
+The statistics are :mod:`tppo.bench_stats`; :mod:`tppo.bench` trains the runs and assembles the
+summary.
 """
 
 from __future__ import annotations
 
+import math
+import random
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tppo.bench_stats import Curve, accuracy_at_budget, area_under_curve, compare_to_baseline
+from tppo.metrics import PHASES
 
 BUDGET_RULE = (
     "the latest final evaluation among the runs (a run stops after the step that crosses "
@@ -118,3 +124,155 @@ def vs_ppo_lines(summary: Mapping[str, Any]) -> list[str]:
             f"| {'significant' if entry['significant'] else 'not significant'} |"
         )
     return lines
+
+
+def roofline_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The report's rollout-roofline table (paper Figure 5): live rows per decode step and FLOPs per
+    byte of generation per method, when the runs logged them (``rollout/decode_flops``)."""
+    methods = summary["methods"]
+    if not any((m.get("flops_per_byte") or {}).get("mean") for m in methods.values()):
+        return []
+    lines = [
+        "",
+        "## Rollout roofline",
+        "",
+        "Arithmetic intensity of generation: FLOPs over bytes moved (weights once per decode step, "
+        "KV cache read and written) summed over every decode step, from the logged live rows and "
+        "context lengths and the policy's config (`tppo.roofline`); `roofline.png` puts them on the "
+        "H200's and H800's roofs (and this CPU's, with `cpu_roof.json` from "
+        "`benchmarks/roofline_cpu.py --json`).",
+        "",
+        "| method | live rows per decode step | FLOPs / byte |",
+        "|---|---|---|",
+    ]
+    for method in methods.values():
+        live, intensity = fmt_spread(method["live_rows_mean"], 1), fmt_spread(method["flops_per_byte"], 1)
+        lines.append(f"| {method['label']} | {live} | {intensity} |")
+    return lines
+
+
+def fmt_spread(stats: Mapping[str, Any] | None, digits: int) -> str:
+    """``mean ± std [min, max]`` of :func:`tppo.bench.mean_and_spread`'s figures (the mean alone
+    for one value; ``n/a`` for none)."""
+    if not stats or stats.get("mean") is None:
+        return "n/a"
+    if stats.get("n", 1) <= 1:
+        return f"{stats['mean']:.{digits}f}"
+    mean, std, low, high = (f"{stats[k]:.{digits}f}" for k in ("mean", "std", "min", "max"))
+    return f"{mean} ± {std} [{low}, {high}]"
+
+
+def fmt_number(value: float | None, digits: int) -> str:
+    """``value`` to ``digits`` decimals, ``n/a`` for ``None``."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------- pure analysis
+def trained_evals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluations made after training began (the base model's, at step -1, left out)."""
+    return [r for r in rows if r.get("eval/accuracy") is not None and r.get("step", -1) >= 0]
+
+
+def time_to_target(rows: Sequence[dict[str, Any]], target: float) -> tuple[float, int] | None:
+    """Training seconds and steps to the first evaluation after training began at or above
+    ``target`` (None: never). The base model's own evaluation does not count: a target it already
+    meets says nothing about the speed of training."""
+    for row in trained_evals(rows):
+        if row["eval/accuracy"] >= target:
+            return float(row.get("time/train_elapsed_s", 0.0)), int(row["step"]) + 1
+    return None
+
+
+def mean_and_spread(values: Sequence[float]) -> dict[str, float | int | None]:
+    """Mean, sample standard deviation, min and max (None where there are no values)."""
+    clean = [v for v in values if v is not None and not math.isnan(v)]
+    if not clean:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {
+        "mean": statistics.fmean(clean),
+        "std": statistics.stdev(clean) if len(clean) > 1 else 0.0,
+        "min": min(clean),
+        "max": max(clean),
+        "n": len(clean),
+    }
+
+
+def expected_batch_max(lengths: Sequence[int], batch_size: int, *, draws: int = 4000, seed: int = 0) -> float:
+    """``E[max of batch_size lengths]``, by resampling the measured lengths."""
+    if not lengths:
+        raise ValueError("no response lengths to estimate E[max] from")
+    rng = random.Random(seed)
+    return statistics.fmean(max(rng.choices(lengths, k=batch_size)) for _ in range(draws))
+
+
+def ideal_generation_speedup(lengths: Sequence[int], *, window: int, batch_size: int) -> float:
+    """``S_gen = E[max over a batch of L] / (l * E[ceil(L / l)])``, from measured lengths ``L``.
+
+    Synchronous batching spends the batch's longest response in decode steps for every ``batch_size``
+    responses; successive batching spends ``l`` decode steps per window and each response occupies
+    ``ceil(L / l)`` windows of its slot.
+    """
+    windows_per_response = statistics.fmean(math.ceil(max(length, 1) / window) for length in lengths)
+    return expected_batch_max(lengths, batch_size) / (window * windows_per_response)
+
+
+def run_summary(rows: Sequence[dict[str, Any]], num_slots: int, target: float | None) -> dict[str, Any]:
+    """Per-run figures from its metrics rows."""
+    steps = [r for r in rows if r.get("step", -1) >= 0 and "time/step_s" in r]
+    evals = [r["eval/accuracy"] for r in rows if r.get("eval/accuracy") is not None]
+    total = {key: sum(r.get(key) or 0.0 for r in steps) for key in (*PHASES, "time/step_s")}
+    # generation seconds by the engine's clock (also when it ran ahead, overlapped), else the phase's
+    engine_s = sum(r.get("time/engine_generate_s", r.get("time/generate_s")) or 0.0 for r in steps)
+    generated = sum(r.get("rollout/generated_tokens", 0) for r in steps)
+    decode_steps = sum(r.get("rollout/decode_steps", 0) for r in steps)
+    finished = sum(r.get("rollout/finished", 0) for r in steps)
+    reached = time_to_target(rows, target) if target is not None else None
+    step_time = total["time/step_s"]
+    return {
+        "steps": len(steps),
+        "train_seconds": float(steps[-1].get("time/train_elapsed_s", step_time)) if steps else 0.0,
+        "base_accuracy": evals[0] if evals else None,
+        "final_accuracy": evals[-1] if evals else None,
+        "peak_accuracy": max(evals) if evals else None,
+        "time_to_target_s": reached[0] if reached else None,
+        "steps_to_target": reached[1] if reached else None,
+        "finished_responses": finished,
+        "generated_tokens_per_s": generated / engine_s if engine_s else None,
+        "slot_utilization": generated / (num_slots * decode_steps) if decode_steps else None,
+        "decode_steps_per_finished": decode_steps / finished if finished else None,
+        "generate_s_per_finished": engine_s / finished if finished else None,
+        "step_s_mean": step_time / len(steps) if steps else None,
+        "phase_share": {
+            label: total[key] / step_time if step_time else None for key, label in PHASES.items()
+        },
+        "phase_s_mean": {label: total[key] / len(steps) if steps else None for key, label in PHASES.items()},
+        "bootstrap_error_abs": _mean_of(steps, "diagnostics/bootstrap_error_abs"),
+        "bootstrap_error_signed": _mean_of(steps, "diagnostics/bootstrap_error_signed"),
+        "policy_versions_mean": _mean_of(steps, "diagnostics/policy_versions_mean"),
+        "stale_value_token_frac": _mean_of(steps, "diagnostics/stale_value_token_frac"),
+        "tail_adv_abs_mean": _mean_of(steps, "diagnostics/tail_adv_abs_mean"),
+        "rest_adv_abs_mean": _mean_of(steps, "diagnostics/rest_adv_abs_mean"),
+        "live_rows_mean": generated / decode_steps if decode_steps else None,
+        "flops_per_byte": _ratio_of_sums(steps, "rollout/decode_flops", "rollout/decode_bytes"),
+    }
+
+
+def _ratio_of_sums(rows: Sequence[dict[str, Any]], top: str, bottom: str) -> float | None:
+    """``sum(top) / sum(bottom)`` over the rows that logged both (finite); ``None`` when none did."""
+    pairs = [(r[top], r[bottom]) for r in rows if _finite(r.get(top)) and _finite(r.get(bottom))]
+    denominator = sum(b for _, b in pairs)
+    return sum(t for t, _ in pairs) / denominator if denominator else None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _mean_of(rows: Sequence[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None and not math.isnan(r[key])]
+    return statistics.fmean(values) if values else None
+
+
+def response_lengths(rows: Sequence[dict[str, Any]]) -> list[int]:
+    """Every finished response's length a run logged (``response_length/values``)."""
+    return [length for r in rows for length in r.get("response_length/values") or []]

@@ -101,6 +101,7 @@ def _bench(args: argparse.Namespace) -> int:
     target = plan.target if args.target is None else args.target
     every = plan.eval_every_seconds if args.eval_every_seconds is None else args.eval_every_seconds
     require(seeds >= 1, "--seeds", f"must be >= 1, got {seeds}")
+    require(args.jobs >= 1, "--jobs", f"must be >= 1, got {args.jobs}")
     require(first_seed >= 0, "--first-seed", f"must be >= 0, got {first_seed}")
     require(budget_s is None or budget_s > 0, "--budget-s", f"must be > 0, got {budget_s}")
     require(target is None or target >= 0, "--target", f"must be >= 0, got {target}")
@@ -116,6 +117,7 @@ def _bench(args: argparse.Namespace) -> int:
         methods=plan.methods if args.methods is None else args.methods,
         budget_s=budget_s,
         target_accuracy=target,
+        jobs=args.jobs,
     )
     if args.dry_run:
         dry_run(spec, plan)
@@ -194,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--first-seed",
         type=int,
         help="the seeds are first..first+N-1 (default 0): extend a bench, or split one over processes",
+    )
+    bench.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time, each a process pinned to a core of its own (default 1: one after another)",
     )
     bench.add_argument(
         "--dry-run",
