@@ -158,33 +158,8 @@ def _bench_engines(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tppo", description="Truncated PPO for reasoning language models")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser("train", help="train with T-PPO (or PPO: window_length = max_response_length)")
-    train.add_argument("--config", help="YAML file overriding the defaults (see tppo/config.py)")
-    train.add_argument("--output-dir", help="where metrics, TensorBoard files and checkpoints go")
-    train.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
-    train.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --output-dir from its newest valid checkpoint (automatic when it has "
-        "one; without one, run it again from step 0 there). Its config.yaml is used unless --config is given",
-    )
-    train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. rollout.window_length=64")
-    train.set_defaults(func=_train)
-
-    evaluate = sub.add_parser(
-        "eval", help="avg@k and pass@k of a model on a data file (the paper's protocol)"
-    )
-    eval_cli_arguments(evaluate)
-    evaluate.set_defaults(func=_eval)
-
-    # Listed for `tppo --help`; `main` hands `tppo sft ...` to tppo.sft's own parser.
-    sub.add_parser("sft", help="supervised warm-up of the demo base model (tppo sft --help)")
-
-    bench = sub.add_parser("bench", help="T-PPO at several windows vs PPO, over seeds: report and figures")
+def _bench_arguments(bench: argparse.ArgumentParser) -> None:
+    """The options of ``tppo bench``."""
     bench.add_argument("--config", help="YAML file every run starts from")
     bench.add_argument(
         "--output-dir", default="runs/bench", help="report directory (resumes a bench cut short)"
@@ -227,6 +202,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", type=float, help="target accuracy (default: the highest every run reached)"
     )
     bench.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tppo", description="Truncated PPO for reasoning language models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train with T-PPO (or PPO: window_length = max_response_length)")
+    train.add_argument("--config", help="YAML file overriding the defaults (see tppo/config.py)")
+    train.add_argument("--output-dir", help="where metrics, TensorBoard files and checkpoints go")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output-dir from its newest valid checkpoint (automatic when it has "
+        "one; without one, run it again from step 0 there). Its config.yaml is used unless --config is given",
+    )
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. rollout.window_length=64")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser(
+        "eval", help="avg@k and pass@k of a model on a data file (the paper's protocol)"
+    )
+    eval_cli_arguments(evaluate)
+    evaluate.set_defaults(func=_eval)
+
+    # Listed for `tppo --help`; `main` hands `tppo sft ...` to tppo.sft's own parser.
+    sub.add_parser("sft", help="supervised warm-up of the demo base model (tppo sft --help)")
+
+    bench = sub.add_parser("bench", help="T-PPO at several windows vs PPO, over seeds: report and figures")
+    _bench_arguments(bench)
     bench.set_defaults(func=_bench)
 
     engines = sub.add_parser(
