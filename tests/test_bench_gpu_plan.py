@@ -88,3 +88,9 @@ def test_the_gpu_plan_runs_on_the_cpu_without_the_packages_that_machine_lacks(tm
     report = (out / "report.md").read_text()
     assert "## Rollout roofline" in report and "## Against PPO, paired by seed" in report
     assert not list(out.glob("*.png"))
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("bench_*.yaml")))
+def test_every_shipped_bench_plan_passes_its_dry_run(config, capsys):
+    assert main(["bench", "--config", str(ROOT / "configs" / config), "--dry-run"]) == 0
+    assert "estimated device time" in capsys.readouterr().out

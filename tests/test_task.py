@@ -15,6 +15,7 @@ from tppo.tasks.base import stratified_held_out
 from tppo.tasks.collatz import ALPHABET, CollatzTask
 from tppo.tasks.lcg import ALPHABET as LCG_ALPHABET
 from tppo.tasks.lcg import LcgTask
+from tppo.tasks.sort_letters import ALPHABET as SORT_ALPHABET
 
 
 def _reverse(text: str) -> int:
@@ -209,3 +210,25 @@ def test_collatz_held_out_split_covers_every_range_of_response_lengths() -> None
     assert all(count >= 40 for count in strata), strata
     shortest = min(lengths)
     assert any(len(e.solution) <= 2 * shortest for e in held)
+
+
+def test_sort_hand_worked_example_and_reward() -> None:
+    task = get_task("sort")
+    example = task.example("dcab")
+    assert (example.prompt, example.solution, example.answer) == ("dcab=", "abcd", "abcd")
+    assert task.reward("abcd", "abcd") == 1.0 and task.reward("abcd<eos>", "abcd") == 1.0
+    assert task.reward("abdc", "abcd") == 0.0 and task.reward("abc", "abcd") == 0.0
+    assert task.reward("abcd#", "abcd") == 0.0  # every letter is graded, nothing after
+
+
+def test_sort_examples_are_sorted_deterministic_and_long_tailed() -> None:
+    task = get_task("sort")
+    examples = task.examples(4000, seed=3)
+    assert examples == task.examples(4000, seed=3)
+    for example in examples[:200]:
+        word = example.prompt.removesuffix("=")
+        assert example.solution == "".join(sorted(word)) and set(word) <= set(SORT_ALPHABET)
+    lengths = sorted(len(e.solution) for e in examples)
+    assert lengths[0] >= 2 and lengths[-1] <= 24
+    median, p90 = lengths[len(lengths) // 2], lengths[9 * len(lengths) // 10]
+    assert median <= 8 and p90 >= 2 * median  # mostly short words, a tail of long ones

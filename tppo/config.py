@@ -88,7 +88,7 @@ class DataConfig:
     """Where prompts come from.
 
     Attributes:
-        task: a built-in synthetic task (``lcg``, ``collatz``): prompts, answers and the reward.
+        task: a built-in synthetic task (``lcg``, ``collatz``, ``sort``): prompts, answers and the reward.
         train_size: training prompts drawn from the task (seeded by ``trainer.seed``). One
             prompt in five of the task's prompt space (by a stable hash) is held out: training
             draws never take it, evaluation draws only take those. Unused with ``train_files``.

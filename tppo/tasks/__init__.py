@@ -7,6 +7,7 @@ this package registers the built-in ones.
 
 from tppo.tasks import collatz as _collatz  # noqa: F401 - registers "collatz"
 from tppo.tasks import lcg as _lcg  # noqa: F401 - registers "lcg"
+from tppo.tasks import sort_letters as _sort_letters  # noqa: F401 - registers "sort"
 from tppo.tasks.base import (
     EOS_STRING,
     TASKS,
