@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 BUILTIN_MODELS = {
     "tppo-demo": Path(__file__).parent / "assets" / "demo_base",
     "tppo-collatz": Path(__file__).parent / "assets" / "collatz_base",
+    "tppo-sort": Path(__file__).parent / "assets" / "sort_base",
 }
 """Names that resolve to checkpoints shipped inside the package."""
 
