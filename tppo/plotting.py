@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -186,19 +187,41 @@ def _plot_accuracy(runs: dict[str, list[list[dict]]], target: float, style: _Sty
         (axes[1][0], "reward/mean", "time/train_elapsed_s", "training reward (smoothed)", 10),
         (axes[1][1], "reward/mean", "step", "training reward (smoothed)", 10),
     ]
-    for ax, key, x_key, ylabel, window in panels:
+    _accuracy_bands(axes[0][0], runs, style)
+    for ax, key, x_key, _, window in panels[1:]:
         for name, seeds in runs.items():
             for i, rows in enumerate(seeds):
                 xs, ys = _series(rows, key, x_key)
                 marker = "o" if window == 1 else None
                 style.line(ax, name, i, xs, _smooth(ys, window), alpha=0.8, marker=marker, ms=3)
-        if key == "eval/accuracy":
+    for ax, _, x_key, ylabel, _ in panels:
+        if ylabel == "held-out accuracy":
             ax.axhline(target, color="grey", ls="--", lw=1, label="target")
         ax.set(xlabel="training wall-clock (s)" if x_key != "step" else "step", ylabel=ylabel)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("T-PPO vs PPO: every seed, one line each")
+    axes[0][0].set_title("mean over seeds, band: min to max", fontsize=9)
+    axes[0][1].set_title("every seed, one line each", fontsize=9)
+    fig.suptitle("Held-out accuracy and training reward, every method")
     return _save(fig, path)
+
+
+def _accuracy_bands(ax: Any, runs: dict[str, list[list[dict]]], style: _Style) -> None:
+    """Held-out accuracy against training wall-clock per method: the mean over seeds and a band
+    from the lowest to the highest seed, each seed's curve interpolated between its evaluations
+    (and held at its last one) on a common grid."""
+    curves = {
+        name: [_series(rows, "eval/accuracy", "time/train_elapsed_s") for rows in seeds]
+        for name, seeds in runs.items()
+    }
+    end = max((xs[-1] for seeds in curves.values() for xs, _ in seeds if xs), default=0.0)
+    grid = np.linspace(0.0, end, 200)
+    for name, seeds in curves.items():
+        values = np.array([np.interp(grid, xs, ys) for xs, ys in seeds if xs])
+        if not len(values):
+            continue
+        ax.plot(grid, values.mean(axis=0), color=style.colors[name], lw=1.6, label=style.labels[name])
+        ax.fill_between(grid, values.min(axis=0), values.max(axis=0), color=style.colors[name], alpha=0.15)
 
 
 def _plot_phases(summary: dict, style: _Style, path: Path) -> Path:
