@@ -9,6 +9,7 @@ ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -46,15 +47,17 @@ def usable_cores(jobs: int) -> list[int]:
 
 
 def _start(job: Job, core: int) -> subprocess.Popen[bytes]:
+    """Start ``job`` and pin it to ``core`` at once, before the interpreter it starts has begun any
+    thread of its own (threads inherit it). Not ``preexec_fn``: that is unsafe in a parent that runs
+    threads, as one that has imported torch does."""
     job.log.parent.mkdir(parents=True, exist_ok=True)
     with job.log.open("wb") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            job.argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **job.env},
-            preexec_fn=lambda: os.sched_setaffinity(0, {core}),
+        process = subprocess.Popen(
+            job.argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **job.env}
         )
+    with contextlib.suppress(ProcessLookupError):  # it has already exited: poll() reports how
+        os.sched_setaffinity(process.pid, {core})
+    return process
 
 
 def run_pinned(
