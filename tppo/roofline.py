@@ -138,17 +138,8 @@ def decode_step_cost(shape: ModelShape, context_lengths: Sequence[int]) -> Decod
     if any(c < 0 for c in context_lengths):
         raise ValueError(f"context lengths must be >= 0, got {list(context_lengths)}")
     rows = len(context_lengths)
-    if rows == 0:
-        return DecodeCost(0, 0, 0, 0)
     cached = sum(int(c) for c in context_lengths)
-    layers, kv_width = shape.num_layers, shape.num_kv_heads * shape.head_dim
-    attention = layers * 4 * shape.num_heads * shape.head_dim * (cached + rows)
-    return DecodeCost(
-        flops=2 * rows * shape.matrix_params() + attention,
-        weight_bytes=shape.matrix_params() * shape.dtype_bytes,
-        kv_read_bytes=layers * 2 * kv_width * cached * shape.dtype_bytes,
-        kv_write_bytes=layers * rows * 2 * kv_width * shape.dtype_bytes,
-    )
+    return rollout_cost(shape, decode_steps=1 if rows else 0, row_steps=rows, context_tokens=cached)
 
 
 def decode_arithmetic_intensity(shape: ModelShape, context_lengths: Sequence[int]) -> float:
@@ -231,8 +222,9 @@ def context_token_sum(prefix_length: int, generated: int) -> int:
 
 
 def rollout_cost(shape: ModelShape, *, decode_steps: int, row_steps: int, context_tokens: int) -> DecodeCost:
-    """:func:`decode_step_cost` summed over a generation from three totals, which is exact because
-    every term is linear in the rows or in their contexts: ``decode_steps`` steps with a live row
+    """FLOPs and bytes of a generation's decode steps from three totals (the formula of
+    :func:`decode_step_cost`, which is this for one step), exact because every term is linear in
+    the rows or in their contexts: ``decode_steps`` steps with a live row
     (each reads the weights once), ``row_steps`` live rows summed over the steps (the generated
     tokens), ``context_tokens`` their context lengths summed (:func:`context_token_sum` per row)."""
     if min(decode_steps, row_steps, context_tokens) < 0:

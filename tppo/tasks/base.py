@@ -74,12 +74,18 @@ EOS_STRING = "<eos>"
 """The character tokenizer's end-of-sequence token, ignored at the end of a response."""
 
 
-def extract_answer(response: str) -> str | None:
-    """The text after the last ``#`` of ``response`` (trailing EOS strings and whitespace removed),
-    or ``None`` when there is no ``#``."""
+def strip_eos(response: str) -> str:
+    """``response`` without surrounding whitespace and trailing EOS strings."""
     text = response.strip()
     while text.endswith(EOS_STRING):
         text = text[: -len(EOS_STRING)].rstrip()
+    return text
+
+
+def extract_answer(response: str) -> str | None:
+    """The text after the last ``#`` of ``response`` (trailing EOS strings and whitespace removed),
+    or ``None`` when there is no ``#``."""
+    text = strip_eos(response)
     if "#" not in text:
         return None
     return text.rsplit("#", 1)[1]

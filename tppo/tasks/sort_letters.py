@@ -20,7 +20,7 @@ import math
 import random
 import string
 
-from tppo.tasks.base import EOS_STRING, Example, Task, register_task
+from tppo.tasks.base import Example, Task, register_task, strip_eos
 
 LETTERS = string.ascii_lowercase
 ALPHABET = LETTERS + "="
@@ -56,10 +56,7 @@ class SortLettersTask(Task):
 
     def reward(self, response: str, ground_truth: str) -> float:
         """1.0 iff ``response`` (trailing EOS strings and whitespace removed) is ``ground_truth``."""
-        text = response.strip()
-        while text.endswith(EOS_STRING):
-            text = text[: -len(EOS_STRING)].rstrip()
-        return float(text == ground_truth)
+        return float(strip_eos(response) == ground_truth)
 
 
 @register_task("sort")
