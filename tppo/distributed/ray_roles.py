@@ -160,6 +160,10 @@ class RolloutWorker:
     def get_rng_state(self) -> Any:
         return self.engine.get_rng_state()
 
+    def identity(self) -> tuple[int, int]:
+        """``(process id, id of the engine)``: unchanged across weight syncs when they load in place."""
+        return os.getpid(), id(self.engine)
+
     def peak_rss_bytes(self) -> int:
         return peak_rss_bytes()
 
@@ -281,6 +285,10 @@ class RayRolloutGroup(Engine):
 
     def get_rng_state(self) -> list[Any]:
         return list(ray.get([w.get_rng_state.remote() for w in self.workers]))
+
+    def identities(self) -> list[tuple[int, int]]:
+        """Per worker: its process and engine (see :meth:`RolloutWorker.identity`)."""
+        return list(ray.get([w.identity.remote() for w in self.workers]))
 
     def set_rng_state(self, state: Any) -> None:
         ray.get([w.set_rng_state.remote(s) for w, s in zip(self.workers, state, strict=True)])
