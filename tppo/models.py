@@ -172,11 +172,20 @@ def load_value_model(path: str, dtype: torch.dtype) -> PreTrainedModel:
 
 
 def _value_head(model: PreTrainedModel) -> nn.Module:
+    return getattr(model, _value_head_name(model))
+
+
+def _value_head_name(model: PreTrainedModel) -> str:
     for name in ("score", "classifier"):
-        head = getattr(model, name, None)
-        if isinstance(head, nn.Module):
-            return head
+        if isinstance(getattr(model, name, None), nn.Module):
+            return name
     raise ValueError(f"{type(model).__name__} has no 'score' or 'classifier' head to use as the value head")
+
+
+def value_head_parameter_names(model: PreTrainedModel) -> tuple[str, ...]:
+    """The full names of the value head's parameters (``score.weight``, ``score.bias``)."""
+    prefix = _value_head_name(model)
+    return tuple(f"{prefix}.{name}" for name, _ in _value_head(model).named_parameters())
 
 
 def disable_dropout(model: nn.Module) -> None:

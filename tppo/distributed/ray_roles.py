@@ -26,13 +26,14 @@ import torch
 from tppo.algorithms import shard_rows
 from tppo.checkpoint import STATE_FILE, read_state
 from tppo.config import DistributedConfig, TPPOConfig, WorkerResources
-from tppo.distributed.fsdp import device_mesh, free_port, init_process_group, shard_model
+from tppo.distributed.fsdp import device_mesh, free_port, init_process_group
 from tppo.distributed.sharded_checkpoint import load_sharded, save_sharded
+from tppo.distributed.sharded_loading import load_models_sharded
 from tppo.engines import get_engine_factory
 from tppo.engines.base import Completion, Engine, EngineStats, SamplingParams
 from tppo.faults import WorkerLost, crash_point, worker_env
 from tppo.learner import Learner
-from tppo.models import load_models, load_policy, load_vocabulary
+from tppo.models import load_policy, load_vocabulary, resolve_device
 from tppo.rollout.batch import RolloutBatch
 from tppo.update import Shard
 
@@ -329,14 +330,12 @@ class LearnerWorker:
             master_port=master_port,
         )
         torch.manual_seed(self.config.trainer.seed)
-        models = load_models(self.config.model)
-        device = next(models.policy.parameters()).device
+        device = resolve_device(self.config.model.device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         mesh = device_mesh(device, self.shard.world_size)
-        shard_model(models.policy, mesh)
-        if models.value is not None:  # (critic-free methods are refused with training workers)
-            shard_model(models.value, mesh)
+        # built on meta and read shard by shard (critic-free methods are refused with training workers)
+        models = load_models_sharded(self.config.model, mesh)
         self.learner = Learner(self.config, models, self.shard)
 
     def call(self, method: str, step: int, *args: Any) -> Any:
