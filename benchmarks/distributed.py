@@ -4,13 +4,15 @@ memory, and the sharded checkpoint's save and resume times, with 1 and 2 trainin
 For each model (``--models``, default the demo model and SmolLM2-135M ``smollm2-135m-instruct``)
 and each training worker count (``--train-workers``, default 1 and 2):
 
-* **setup**: the training group starts (every worker loads the whole model, then shards it with
-  FSDP2) and trains one actor and one critic update on a small synthetic batch, so both AdamW
+* **setup**: the training group starts (every worker builds the models on the ``meta`` device,
+  shards them with FSDP2 and reads only its shards, :mod:`tppo.distributed.sharded_loading`) and
+  trains one actor and one critic update on a small synthetic batch, so both AdamW
   states exist;
 * **sync**: what the trainer's ``sync`` phase does, ``--repeats`` times: the training workers gather
   the policy from its shards, the controller puts it in Ray's object store, ``--rollout-workers``
   rollout workers load it (``gather`` and ``put + load`` timed apart, medians shown);
-* **peak RSS per training worker**: ``VmHWM`` of each worker's process after all of the above;
+* **peak RSS per training worker**: ``VmHWM`` of each worker's process before loading the models
+  (imports only), after loading them, and after all of the above (AdamW states and activations);
 * **checkpoint**: the workers write their shards of weights and optimizer states with
   ``torch.distributed.checkpoint`` (``save``), and **resume**: a new group starts and loads them
   (``load``: reading and placing the shards; ``resume`` = new group's setup + load, what
@@ -98,6 +100,7 @@ def measure(model: str, train_workers: int, rollout: RayRolloutGroup, repeats: i
         return group
 
     group, setup_s = timed(setup)
+    load_rss = group.load_rss_bytes()
     gathers, loads = [], []
     for _ in range(repeats):
         weights, gather_s = timed(group.policy_weights)
@@ -122,6 +125,8 @@ def measure(model: str, train_workers: int, rollout: RayRolloutGroup, repeats: i
         "gather_s": statistics.median(gathers),
         "put_load_s": statistics.median(loads),
         "peak_rss_mib": [r / MIB for r in rss],
+        "rss_before_load_mib": [before / MIB for before, _ in load_rss],
+        "rss_after_load_mib": [after / MIB for _, after in load_rss],
         "save_s": save_s,
         "checkpoint_mib": size / MIB,
         "load_s": load_s,
@@ -151,12 +156,14 @@ def main(argv: list[str] | None = None) -> None:
             rollout.close()
     print(
         "\n| model | params | train workers | sync: gather | sync: put + load "
-        f"({args.rollout_workers} rollout workers) | peak RSS per training worker | setup + 1 update "
+        f"({args.rollout_workers} rollout workers) | peak RSS per training worker: before load / after "
+        "load / after update | setup + 1 update "
         "| DCP save | DCP size | resume: new group + load |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        rss = " / ".join(f"{m:.0f}" for m in r["peak_rss_mib"])
+        phases = zip(r["rss_before_load_mib"], r["rss_after_load_mib"], r["peak_rss_mib"], strict=True)
+        rss = ", ".join(f"{a:.0f} / {b:.0f} / {c:.0f}" for a, b, c in phases)
         print(
             f"| {r['model']} | {r['params_m']:.1f}M | {r['train_workers']} | {r['gather_s']:.3f} s "
             f"| {r['put_load_s']:.3f} s | {rss} MiB | {r['setup_s']:.1f} s | {r['save_s']:.2f} s "

@@ -486,7 +486,13 @@ class DistributedConfig:
         rollout: resources of each rollout worker.
         train: resources of each training worker.
         backend: ``torch.distributed`` backend of the training workers: ``auto`` (``nccl`` when they
-            have GPUs, else ``gloo``), ``gloo`` or ``nccl``.
+            have GPUs, else ``gloo``), ``gloo`` or ``nccl``; the ``broadcast`` weight sync uses it too.
+        weight_sync: how the trained policy reaches the rollout workers after every update
+            (:mod:`tppo.distributed.weight_sync`): ``object_store`` (training rank 0 returns it to
+            the controller, which puts it in Ray's object store once for every worker) or
+            ``broadcast`` (training rank 0 broadcasts it to the rollout workers over a
+            ``torch.distributed`` group of their own, past the controller; needs remote rollout and
+            training workers).
     """
 
     rollout_workers: NonNegativeInt = 0
@@ -495,6 +501,7 @@ class DistributedConfig:
     rollout: WorkerResources = field(default_factory=WorkerResources)
     train: WorkerResources = field(default_factory=WorkerResources)
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+    weight_sync: Literal["object_store", "broadcast"] = "object_store"
 
     @property
     def uses_ray(self) -> bool:
@@ -538,6 +545,12 @@ class TPPOConfig:
             d.rollout_workers <= r.num_slots,
             "distributed.rollout_workers",
             f"({d.rollout_workers}) must not exceed rollout.num_slots ({r.num_slots})",
+        )
+        require(
+            d.weight_sync != "broadcast" or (d.rollout_workers > 0 and d.train_workers > 0),
+            "distributed.weight_sync",
+            "broadcast sends from training rank 0 to the rollout workers: set distributed.rollout_workers "
+            "and distributed.train_workers above 0, or use object_store",
         )
         require(
             not (d.resolved_backend() == "nccl" and d.train_workers > 0 and d.train.num_gpus == 0),

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 
 from tppo.algorithms.proximal import ewma_update
 from tppo.config import TPPOConfig
+from tppo.engines.base import Engine
 from tppo.engines.types import SamplingParams
 from tppo.methods import get_method
 from tppo.models import Models, response_log_probs, response_values
@@ -41,6 +42,8 @@ class LearnerRole(Protocol):
     def update_critic(self, batch: RolloutBatch) -> dict[str, float]: ...
 
     def policy_weights(self) -> Iterable[tuple[str, torch.Tensor]]: ...
+
+    def sync_weights(self, engine: Engine) -> None: ...
 
     def save(self, directory: Path) -> None: ...
 
@@ -226,6 +229,10 @@ class Learner:
         if self.shard.world_size == 1 and not _is_sharded(self.models.policy):
             return self.models.policy.named_parameters()
         return list(full_tensors(self.models.policy.named_parameters()))
+
+    def sync_weights(self, engine: Engine) -> None:
+        """Put the policy's current weights into the rollout engine (in place)."""
+        engine.update_weights(self.policy_weights())
 
     def gradients(self, role: Literal["policy", "value"]) -> dict[str, torch.Tensor]:
         """The current gradients of ``policy`` or ``value``, whole, on the CPU (for checks; sharded

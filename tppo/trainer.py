@@ -111,7 +111,9 @@ class Trainer:
             self.engine,
             self.sampling,
             self.vocabulary.eos_token_ids,
-            lambda: self.learner.policy_weights(),  # the learner of the moment (a rebuild replaces it)
+            lambda: self.learner.sync_weights(
+                self.engine
+            ),  # the learner of the moment (a rebuild replaces it)
             refill=r.refill_within_step,
             overlap=r.overlap_generation,
             max_staleness=r.max_staleness,
@@ -274,7 +276,7 @@ class Trainer:
             top_k=r.top_k,
         )
         self.rollout.wait()  # the engine is free, and holds the weights being evaluated:
-        self.engine.update_weights(self.learner.policy_weights())
+        self.learner.sync_weights(self.engine)
         state = self.engine.get_rng_state()
         self.engine.reseed(self.config.trainer.seed + 1)
         try:

@@ -29,6 +29,16 @@ from tppo.config import DistributedConfig, TPPOConfig, WorkerResources
 from tppo.distributed.fsdp import device_mesh, free_port, init_process_group
 from tppo.distributed.sharded_checkpoint import load_sharded, save_sharded
 from tppo.distributed.sharded_loading import load_models_sharded
+from tppo.distributed.weight_sync import (
+    WEIGHT_SYNCS,
+    SyncGroup,
+    TensorSpec,
+    empty_buffers,
+    flatten_weights,
+    sync_device,
+    unflatten_weights,
+    weight_specs,
+)
 from tppo.engines import get_engine_factory
 from tppo.engines.base import Completion, Engine, EngineStats, SamplingParams
 from tppo.faults import WorkerLost, crash_point, worker_env
@@ -127,6 +137,7 @@ class RolloutWorker:
             config, load_policy(config.model), vocabulary, seed=config.trainer.seed + index
         )
         self.index = index
+        self.sync_group: SyncGroup | None = None
 
     def ready(self) -> int:
         return self.index
@@ -149,6 +160,18 @@ class RolloutWorker:
     def update_weights(self, weights: dict[str, torch.Tensor]) -> Any:
         """Load the weights; returns the engine's RNG state (a replacement starts from it)."""
         self.engine.update_weights(weights.items())
+        return self.engine.get_rng_state()
+
+    def join_sync_group(self, host: str, port: int, rank: int, size: int, backend: str) -> None:
+        """Join the ``broadcast`` weight sync's group as receiver ``rank`` (replacing any earlier one)."""
+        self.sync_group = SyncGroup(host, port, rank, size, backend)
+
+    def receive_weights(self, specs: list[TensorSpec]) -> Any:
+        """Receive the policy broadcast by training rank 0 and load it; returns the engine's RNG state."""
+        assert self.sync_group is not None, "join_sync_group() first"
+        buffers = empty_buffers(specs, sync_device(self.sync_group.backend))
+        self.sync_group.broadcast(buffers)
+        self.engine.update_weights(unflatten_weights(specs, buffers))
         return self.engine.get_rng_state()
 
     def checksums(self) -> dict[str, float]:
@@ -196,6 +219,10 @@ class RayRolloutGroup(Engine):
         self.weights: Any = None
         """The object-store reference of the last synced weights (a replacement loads them)."""
         self.rng_states: list[Any] = self.get_rng_state()
+        self.version = 0
+        """Counts replaced workers (a ``broadcast`` sync group must then be formed again)."""
+        self.weights_source: Callable[[], Iterable[tuple[str, torch.Tensor]]] | None = None
+        """Where a replacement gets the current weights when they were broadcast, not stored."""
         self.stats.extra["faults/rollout_worker_restarts"] = 0
 
     def pop_stats(self) -> EngineStats:
@@ -263,10 +290,13 @@ class RayRolloutGroup(Engine):
         ray.kill(self.workers[index], no_restart=True)
         worker = self.actor.remote(self.config, index)
         ray.get(worker.ready.remote())
+        if self.weights is None and self.weights_source is not None:  # broadcast: fetch them now
+            self.weights = ray.put({name: t.detach().cpu() for name, t in self.weights_source()})
         if self.weights is not None:
             ray.get(worker.update_weights.remote(self.weights))
         ray.get(worker.set_rng_state.remote(self.rng_states[index]))
         self.workers[index] = worker
+        self.version += 1
         self.stats.extra["faults/rollout_worker_restarts"] += 1
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -279,6 +309,20 @@ class RayRolloutGroup(Engine):
             return lambda attempt: self.workers[index].update_weights.remote(self.weights)
 
         self.rng_states = [self._result(i, ref, resubmit(i)) for i, ref in enumerate(refs)]
+
+    def join_sync_group(self, host: str, port: int, backend: str) -> list[Any]:
+        """The calls that make worker ``i`` receiver ``i + 1`` of a new sync group (rank 0 sends)."""
+        size = self.num_workers + 1
+        return [
+            w.join_sync_group.remote(host, port, i + 1, size, backend) for i, w in enumerate(self.workers)
+        ]
+
+    def receive_weights(
+        self, specs: list[TensorSpec], source: Callable[[], Iterable[tuple[str, torch.Tensor]]]
+    ) -> list[Any]:
+        """The calls that receive a broadcast policy; ``source`` gives a replacement the weights later."""
+        self.weights, self.weights_source = None, source
+        return [w.receive_weights.remote(specs) for w in self.workers]
 
     def checksums(self) -> list[dict[str, float]]:
         """Per worker: the sum of each parameter (see :meth:`RolloutWorker.checksums`)."""
@@ -316,6 +360,9 @@ class LearnerWorker:
         _set_threads(config.distributed.train)
         self.config, self.shard = config, Shard(rank, world_size)
         self.learner: Learner | None = None
+        self.load_rss = (0, 0)
+        """This process's peak resident memory (bytes) before and after loading the models."""
+        self.sync_group: SyncGroup | None = None
 
     def rendezvous_address(self) -> tuple[str, int]:
         return ray.util.get_node_ip_address(), free_port()
@@ -335,7 +382,9 @@ class LearnerWorker:
             torch.cuda.set_device(device)
         mesh = device_mesh(device, self.shard.world_size)
         # built on meta and read shard by shard (critic-free methods are refused with training workers)
+        before = peak_rss_bytes()
         models = load_models_sharded(self.config.model, mesh)
+        self.load_rss = (before, peak_rss_bytes())
         self.learner = Learner(self.config, models, self.shard)
 
     def call(self, method: str, step: int, *args: Any) -> Any:
@@ -350,6 +399,23 @@ class LearnerWorker:
             )
         return result
 
+    def join_sync_group(self, host: str, port: int, size: int, backend: str) -> list[TensorSpec]:
+        """(Rank 0) host and join the ``broadcast`` weight sync's group as its sender; returns the
+        layout of the policy's weights (:func:`~tppo.distributed.weight_sync.weight_specs`)."""
+        assert self.learner is not None, "setup() first"
+        self.sync_group = SyncGroup(host, port, 0, size, backend)
+        return weight_specs(self.learner.models.policy.named_parameters())
+
+    def broadcast_weights(self, step: int) -> None:
+        """Gather the policy (every rank) and broadcast it from rank 0 to the sync group."""
+        assert self.learner is not None, "setup() first"
+        crash_point(f"train{self.shard.rank}_broadcast", step)
+        weights = self.learner.policy_weights()
+        if self.shard.rank == 0:
+            assert self.sync_group is not None, "join_sync_group() first"
+            _, buffers = flatten_weights(weights, sync_device(self.sync_group.backend))
+            self.sync_group.broadcast(buffers)
+
     def save_sharded(self, checkpoint: Path) -> None:
         """This rank's shards of weights and optimizer states into ``checkpoint/sharded`` (DCP)."""
         assert self.learner is not None, "setup() first"
@@ -361,6 +427,9 @@ class LearnerWorker:
 
     def peak_rss_bytes(self) -> int:
         return peak_rss_bytes()
+
+    def load_rss_bytes(self) -> tuple[int, int]:
+        return self.load_rss
 
     def shutdown(self) -> None:
         if torch.distributed.is_initialized():
@@ -385,6 +454,10 @@ class RayLearnerGroup:
         self.workers = [actor.remote(config, rank, d.train_workers) for rank in range(d.train_workers)]
         self.step, self.broken = 0, False
         """The training step being run (for the workers' crash points); whether a worker died."""
+        self.config = config
+        self.sync_formed_with: tuple[int, int] | None = None
+        """The rollout group (and its version) the ``broadcast`` sync group was formed with."""
+        self.specs: list[TensorSpec] = []
         master_addr, master_port = ray.get(self.workers[0].rendezvous_address.remote())
         self._wait([w.setup.remote(master_addr, master_port) for w in self.workers])
 
@@ -421,6 +494,39 @@ class RayLearnerGroup:
     def gradients(self, role: Literal["policy", "value"]) -> dict[str, torch.Tensor]:
         return dict(self._all("gradients", role)[0])
 
+    def sync_weights(self, engine: Engine) -> None:
+        """The policy into the rollout engine, as ``distributed.weight_sync`` says."""
+        WEIGHT_SYNCS.get(self.config.distributed.weight_sync)(self, engine)
+
+    def broadcast_weights(self, rollout: RayRolloutGroup) -> None:
+        """Rank 0 broadcasts the policy to every rollout worker (the ``broadcast`` weight sync); the
+        sync group is formed first, and again after a rollout worker was replaced."""
+        if self.sync_formed_with != (id(rollout), rollout.version):
+            host, port = ray.get(self.workers[0].rendezvous_address.remote())
+            backend = self.config.distributed.resolved_backend()
+            size = rollout.num_workers + 1
+            sender = self.workers[0].join_sync_group.remote(host, port, size, backend)
+            self._wait_with(rollout, [sender, *rollout.join_sync_group(host, port, backend)])
+            self.specs = ray.get(sender)
+            self.sync_formed_with = (id(rollout), rollout.version)
+        senders = [w.broadcast_weights.remote(self.step) for w in self.workers]
+        receivers = rollout.receive_weights(self.specs, self.policy_weights)
+        rollout.rng_states = self._wait_with(rollout, [*senders, *receivers])[len(senders) :]
+
+    def _wait_with(self, rollout: RayRolloutGroup, refs: list[Any]) -> list[Any]:
+        """Wait for calls on training and rollout workers together (the first ``len(self.workers)``
+        are the training workers'); a death breaks this group (its rank 0 may be stuck in the sync)."""
+        train = len(self.workers)
+
+        def describe(index: int) -> str:
+            return f"training worker {index}" if index < train else f"rollout worker {index - train}"
+
+        try:
+            return wait_all(refs, describe)
+        except Exception:
+            self.broken = True
+            raise
+
     def save(self, directory: Path) -> None:
         self._all("save", Path(directory))
 
@@ -438,6 +544,10 @@ class RayLearnerGroup:
     def peak_rss_bytes(self) -> list[int]:
         """Each training worker's peak resident memory (bytes), by rank."""
         return list(ray.get([w.peak_rss_bytes.remote() for w in self.workers]))
+
+    def load_rss_bytes(self) -> list[tuple[int, int]]:
+        """Each training worker's peak resident memory before and after loading its models, by rank."""
+        return list(ray.get([w.load_rss_bytes.remote() for w in self.workers]))
 
     def close(self) -> None:
         if not self.broken:

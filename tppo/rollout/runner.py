@@ -19,7 +19,7 @@ pool's responses it holds, so that a resumed run trains on exactly that window.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
@@ -76,7 +76,7 @@ class WindowRunner:
         engine: the rollout engine; with ``overlap`` it must hold its own copy of the weights.
         sampling: how tokens are drawn.
         eos_token_ids: tokens that end a response.
-        weights: the learner's current policy weights (for the sync), Hugging Face names.
+        sync: puts the learner's current policy weights into ``engine`` (the sync phase).
         refill: ``rollout.refill_within_step``.
         overlap: ``rollout.overlap_generation``.
         max_staleness: ``rollout.max_staleness``: a window older than that is an error.
@@ -88,7 +88,7 @@ class WindowRunner:
         engine: Engine,
         sampling: SamplingParams,
         eos_token_ids: Sequence[int],
-        weights: Callable[[], Iterable[tuple[str, torch.Tensor]]],
+        sync: Callable[[], None],
         *,
         refill: bool,
         overlap: bool,
@@ -96,7 +96,7 @@ class WindowRunner:
     ) -> None:
         self.pool, self.engine, self.sampling = pool, engine, sampling
         self.eos_token_ids = list(eos_token_ids)
-        self.weights, self.refill, self.max_staleness = weights, refill, max_staleness
+        self.sync, self.refill, self.max_staleness = sync, refill, max_staleness
         # a new thread starts with OpenMP's default thread count (all cores), not the one torch was
         # given (trainer.num_threads): give the rollout thread the same
         self.executor = (
@@ -147,7 +147,7 @@ class WindowRunner:
         with phase("fill"):
             new_prompts = self.pool.fill(step)
         with phase("sync"):
-            self.engine.update_weights(self.weights())
+            self.sync()
         return new_prompts
 
     def wait(self) -> Window | None:
