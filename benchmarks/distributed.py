@@ -11,6 +11,9 @@ and each training worker count (``--train-workers``, default 1 and 2):
 * **sync**: what the trainer's ``sync`` phase does, ``--repeats`` times: the training workers gather
   the policy from its shards, the controller puts it in Ray's object store, ``--rollout-workers``
   rollout workers load it (``gather`` and ``put + load`` timed apart, medians shown);
+* **broadcast sync** (``distributed.weight_sync=broadcast``): training rank 0 gathers the policy and
+  broadcasts it to the rollout workers over a gloo group of their own, which load it (median of
+  ``--repeats``; the first, which forms the group, shown apart);
 * **peak RSS per training worker**: ``VmHWM`` of each worker's process before loading the models
   (imports only), after loading them, and after all of the above (AdamW states and activations);
 * **checkpoint**: the workers write their shards of weights and optimizer states with
@@ -108,6 +111,8 @@ def measure(model: str, train_workers: int, rollout: RayRolloutGroup, repeats: i
         gathers.append(gather_s)
         loads.append(load_s)
     numel = sum(t.numel() for _, t in weights)
+    _, first_broadcast_s = timed(group.broadcast_weights, rollout)  # forms the sync group first
+    broadcasts = [timed(group.broadcast_weights, rollout)[1] for _ in range(repeats)]
     with tempfile.TemporaryDirectory() as scratch:
         checkpoint = Path(scratch)
         _, save_s = timed(group.save_sharded, checkpoint)
@@ -124,6 +129,8 @@ def measure(model: str, train_workers: int, rollout: RayRolloutGroup, repeats: i
         "setup_s": setup_s,
         "gather_s": statistics.median(gathers),
         "put_load_s": statistics.median(loads),
+        "broadcast_s": statistics.median(broadcasts),
+        "first_broadcast_s": first_broadcast_s,
         "peak_rss_mib": [r / MIB for r in rss],
         "rss_before_load_mib": [before / MIB for before, _ in load_rss],
         "rss_after_load_mib": [after / MIB for _, after in load_rss],
@@ -156,17 +163,18 @@ def main(argv: list[str] | None = None) -> None:
             rollout.close()
     print(
         "\n| model | params | train workers | sync: gather | sync: put + load "
-        f"({args.rollout_workers} rollout workers) | peak RSS per training worker: before load / after "
-        "load / after update | setup + 1 update "
+        f"({args.rollout_workers} rollout workers) | sync: broadcast (gather + send + load; first) "
+        "| peak RSS per training worker: before load / after load / after update | setup + 1 update "
         "| DCP save | DCP size | resume: new group + load |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         phases = zip(r["rss_before_load_mib"], r["rss_after_load_mib"], r["peak_rss_mib"], strict=True)
         rss = ", ".join(f"{a:.0f} / {b:.0f} / {c:.0f}" for a, b, c in phases)
         print(
             f"| {r['model']} | {r['params_m']:.1f}M | {r['train_workers']} | {r['gather_s']:.3f} s "
-            f"| {r['put_load_s']:.3f} s | {rss} MiB | {r['setup_s']:.1f} s | {r['save_s']:.2f} s "
+            f"| {r['put_load_s']:.3f} s | {r['broadcast_s']:.3f} s ({r['first_broadcast_s']:.2f} s) "
+            f"| {rss} MiB | {r['setup_s']:.1f} s | {r['save_s']:.2f} s "
             f"| {r['checkpoint_mib']:.0f} MiB | {r['resume_s']:.1f} s (load {r['load_s']:.2f} s) |"
         )
     ray.shutdown()

@@ -3,6 +3,9 @@ broadcasts the policy to the 2 rollout workers past the controller. A 3-step T-P
 workers is the object-store run exactly (metrics apart from times), the rollout workers end with the
 training workers' weights, and a rollout worker killed mid-generation (a real SIGKILL) is replaced,
 fetches the weights it missed and joins a newly formed sync group: the same run again.
+A rollout worker killed while it receives a broadcast breaks the training group (its rank 0 is in
+the broadcast): the group is rebuilt from the newest checkpoint, the dead worker replaced, and the
+run ends as the uninterrupted one.
 One Ray cluster for the module; each worker takes one logical CPU."""
 
 from __future__ import annotations
@@ -95,4 +98,18 @@ def test_a_rollout_worker_killed_mid_generation_with_broadcast_sync_is_replaced(
     # the replacement fetched the weights it missed, a new sync group was formed with it
     assert end["version"] == 1 and end["formed_with"] == (end["engine"], 1)
     assert comparable(tmp_path) == reference
+    assert end["in_sync"]
+
+
+def test_a_rollout_worker_killed_while_receiving_a_broadcast_ends_in_the_same_run(
+    tmp_path, monkeypatch, reference
+):
+    # worker 1 dies as step 1's sync begins, with training rank 0 in the broadcast: the training group
+    # is rebuilt from the newest checkpoint, the dead rollout worker replaced, and the run goes on
+    monkeypatch.setenv("TPPO_CRASH_AT", "rollout1_receive@1")
+    monkeypatch.setenv("TPPO_CRASH_ONCE", str(tmp_path / "crashed-once"))
+    _, end = run(BROADCAST, tmp_path / "run")
+    assert (tmp_path / "crashed-once").exists()
+    assert end["version"] == 1 and end["formed_with"] == (end["engine"], 1)
+    assert comparable(tmp_path / "run") == reference  # every step logged once, as uninterrupted
     assert end["in_sync"]

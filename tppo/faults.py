@@ -10,7 +10,8 @@ checkpoints not yet pruned).
 
 Remote workers have points of their own (the environment variable reaches them, see
 :func:`worker_env`): ``rollout<i>_generate@<n>`` makes rollout worker ``i`` kill itself in the rollout
-group's ``n``-th generation (from 0; a redone generation never crashes again), and
+group's ``n``-th generation (from 0; a redone generation never crashes again),
+``rollout<i>_receive@<step>`` when it starts receiving a broadcast weight sync in that step, and
 ``train<r>_<method>@<step>`` makes training worker ``r`` kill itself when it starts
 ``update_actor``, ``update_critic``, ``old_forward`` ... of that step. ``TPPO_CRASH_ONCE=<path>``
 makes any point fire once: the first crash creates the file, and no point fires while it exists.

@@ -166,9 +166,11 @@ class RolloutWorker:
         """Join the ``broadcast`` weight sync's group as receiver ``rank`` (replacing any earlier one)."""
         self.sync_group = SyncGroup(host, port, rank, size, backend)
 
-    def receive_weights(self, specs: list[TensorSpec]) -> Any:
-        """Receive the policy broadcast by training rank 0 and load it; returns the engine's RNG state."""
+    def receive_weights(self, specs: list[TensorSpec], step: int = 0) -> Any:
+        """Receive the policy broadcast by training rank 0 (in training step ``step``) and load it;
+        returns the engine's RNG state."""
         assert self.sync_group is not None, "join_sync_group() first"
+        crash_point(f"rollout{self.index}_receive", step)
         buffers = empty_buffers(specs, sync_device(self.sync_group.backend))
         self.sync_group.broadcast(buffers)
         self.engine.update_weights(unflatten_weights(specs, buffers))
@@ -318,11 +320,23 @@ class RayRolloutGroup(Engine):
         ]
 
     def receive_weights(
-        self, specs: list[TensorSpec], source: Callable[[], Iterable[tuple[str, torch.Tensor]]]
+        self, specs: list[TensorSpec], step: int, source: Callable[[], Iterable[tuple[str, torch.Tensor]]]
     ) -> list[Any]:
         """The calls that receive a broadcast policy; ``source`` gives a replacement the weights later."""
         self.weights, self.weights_source = None, source
-        return [w.receive_weights.remote(specs) for w in self.workers]
+        return [w.receive_weights.remote(specs, step) for w in self.workers]
+
+    def replace_dead(self) -> None:
+        """Replace every worker whose process died, without weights (the next sync brings them)."""
+        source, self.weights_source = self.weights_source, None
+        try:
+            for index, worker in enumerate(self.workers):
+                try:
+                    ray.get(worker.ready.remote(), timeout=DEATH_NOTICE_S)
+                except ray.exceptions.RayActorError:
+                    self._replace(index)
+        finally:
+            self.weights_source = source
 
     def checksums(self) -> list[dict[str, float]]:
         """Per worker: the sum of each parameter (see :meth:`RolloutWorker.checksums`)."""
@@ -510,8 +524,12 @@ class RayLearnerGroup:
             self.specs = ray.get(sender)
             self.sync_formed_with = (id(rollout), rollout.version)
         senders = [w.broadcast_weights.remote(self.step) for w in self.workers]
-        receivers = rollout.receive_weights(self.specs, self.policy_weights)
-        rollout.rng_states = self._wait_with(rollout, [*senders, *receivers])[len(senders) :]
+        receivers = rollout.receive_weights(self.specs, self.step, self.policy_weights)
+        try:
+            rollout.rng_states = self._wait_with(rollout, [*senders, *receivers])[len(senders) :]
+        except WorkerLost:  # this group is broken now (the trainer rebuilds it from a checkpoint):
+            rollout.replace_dead()  # a rollout worker lost in the sync is replaced first
+            raise
 
     def _wait_with(self, rollout: RayRolloutGroup, refs: list[Any]) -> list[Any]:
         """Wait for calls on training and rollout workers together (the first ``len(self.workers)``
