@@ -1,12 +1,13 @@
-"""Shared test helpers: a tiny random Qwen2 causal LM and random token prefixes.
+"""Shared test helpers: a tiny random Qwen2 causal LM, random token prefixes, a local Ray cluster.
 
-Use the fixtures (``tiny_qwen2``, ``tiny_qwen2_factory``, ``prefix_factory``), or import the
-functions directly (``from conftest import make_tiny_qwen2, make_prefixes``; pytest puts this
-folder on ``sys.path``).
+Use the fixtures (``tiny_qwen2``, ``tiny_qwen2_factory``, ``prefix_factory``, ``ray_cluster``), or
+import the functions directly (``from conftest import make_tiny_qwen2, make_prefixes``; pytest puts
+this folder on ``sys.path``).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -109,3 +110,20 @@ def spy(trainer, method):
 
     setattr(trainer.learner, method, wrapped)
     return seen
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One Ray cluster for a test module: a local one of 4 logical CPUs, or the one ``RAY_ADDRESS``
+    names (``ray start --head``). Use with ``pytestmark = pytest.mark.usefixtures("ray_cluster")``."""
+    ray = pytest.importorskip("ray")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+    else:
+        try:
+            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+        except Exception:  # Ray gives its raylet 30 s to register; a busy machine can miss that once
+            ray.shutdown()
+            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

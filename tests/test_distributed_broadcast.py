@@ -11,7 +11,6 @@ One Ray cluster for the module; each worker takes one logical CPU."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 from conftest import SMALL_RUN
@@ -21,7 +20,7 @@ ray = pytest.importorskip("ray")
 from tppo.config import load_config  # noqa: E402
 from tppo.trainer import Trainer  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 SMALL = [
     *SMALL_RUN,
@@ -33,20 +32,6 @@ SMALL = [
     "distributed.train_workers=2",
 ]
 BROADCAST = [*SMALL, "distributed.weight_sync=broadcast"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)
-    else:
-        try:
-            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-        except Exception:  # Ray gives its raylet 30 s to register; a busy machine can miss that once
-            ray.shutdown()
-            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def run(overrides, out):

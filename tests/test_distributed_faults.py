@@ -9,7 +9,6 @@ One Ray cluster for the module; each worker takes one logical CPU."""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ ray = pytest.importorskip("ray")
 from tppo.config import load_config  # noqa: E402
 from tppo.trainer import Trainer  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 
 SMALL = [
     *SMALL_RUN,
@@ -29,20 +28,6 @@ SMALL = [
     "distributed.rollout.num_cpus=1",
     "distributed.train.num_cpus=1",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster():
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)
-    else:
-        try:
-            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-        except Exception:  # Ray gives its raylet 30 s to register; a busy machine can miss that once
-            ray.shutdown()
-            ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def run(overrides, out):
